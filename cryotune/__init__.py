@@ -1,0 +1,58 @@
+"""cryotune: hyperparameter studies of robust cryo-EM image denoisers on Ray.
+
+Example::
+
+    import cryotune
+    ds = cryotune.open_dataset("data/rnap-32")
+    print(ds.manifest["image_shape"], ds.count("train"))
+
+Heavy stacks (torch, Ray) load only when the name that needs them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from cryotune.errors import (
+    BadConfig,
+    BadInput,
+    ChecksumMismatch,
+    CryotuneError,
+    Diverged,
+    MissingExtra,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cryotune.config import TrainConfig
+    from cryotune.data.store import open_dataset
+
+# public name -> module that defines it; imported on first use
+_LAZY = {
+    "open_dataset": "cryotune.data.store",
+    "TrainConfig": "cryotune.config",
+}
+
+__all__ = [
+    "BadConfig",
+    "BadInput",
+    "ChecksumMismatch",
+    "CryotuneError",
+    "Diverged",
+    "MissingExtra",
+    "TrainConfig",
+    "open_dataset",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cryotune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,5 @@
+import sys
+
+from cryotune.cli import main
+
+sys.exit(main())

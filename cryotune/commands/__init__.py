@@ -1,0 +1,1 @@
+"""One module per ``cryotune`` subcommand; the list lives in ``cryotune.cli.COMMANDS``."""

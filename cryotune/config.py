@@ -1,0 +1,211 @@
+"""Typed configs loaded from YAML and validated with errors that name the key path.
+
+A config is a dataclass whose fields carry their constraints in ``metadata``:
+
+- ``choices``: the allowed values;
+- ``range``: ``(low, high)`` inclusive bounds for numbers (None for an open side);
+- ``alias``: the YAML key when it differs from the field name (``lambda`` -> ``lam``).
+
+:func:`from_dict` builds one from a mapping and raises :class:`~cryotune.errors.BadConfig`
+with the key path (``methods[2].alpha: 1.5 is outside [-1, 1]``) for unknown keys, wrong types
+and out-of-range values.
+
+Example::
+
+    from cryotune.config import TrainConfig, from_dict
+    cfg = from_dict(TrainConfig, {"method": "beta_gan", "alpha": 0.5, "beta": 0.5})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from cryotune.errors import BadConfig
+
+T = TypeVar("T")
+
+__all__ = ["check_value", "from_dict", "load_yaml", "to_dict"]
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with the safe loader; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BadConfig("config file not found", str(path), "check the path") from None
+    except OSError as err:
+        raise BadConfig(f"cannot read config ({err.strerror})", str(path), "check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise BadConfig(f"invalid YAML ({getattr(err, 'problem', err)})", where,
+                        "fix the YAML syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BadConfig("config must be a mapping of keys to values", str(path),
+                        "write 'key: value' lines at the top level")
+    return data
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def check_value(value: Any, tp: Any, path: str) -> Any:
+    """Check (and gently coerce) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return check_value(value, arg, path)
+            except BadConfig as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is typing.Literal:
+        if value not in args:
+            raise BadConfig(f"{value!r} is not one of {', '.join(map(repr, args))}", path,
+                            "use one of the listed values")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise BadConfig(f"expected a list, got {type(value).__name__} {value!r}", path,
+                            "write a YAML list, e.g. [a, b]")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise BadConfig(f"expected {len(args)} values, got {len(value)}", path,
+                                f"write [{', '.join(_type_name(a) for a in args)}]")
+            return tuple(check_value(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        item = args[0] if args else Any
+        out = [check_value(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise BadConfig(f"expected a mapping, got {type(value).__name__}", path,
+                            "write 'key: value' lines")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise BadConfig(f"expected a mapping, got {type(value).__name__}", path,
+                            "write 'key: value' lines")
+        return from_dict(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise BadConfig(f"expected true or false, got {value!r}", path, "write true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise BadConfig(f"expected an integer, got {value!r}", path, "write a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # YAML reads 1e-3 (no dot) as a string
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+            raise BadConfig(f"expected a number, got {value!r}", path, "write a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise BadConfig(f"expected a string, got {value!r}", path, "quote the value")
+        return value
+    return value
+
+
+def _check_constraints(field: dataclasses.Field, value: Any, path: str) -> None:
+    meta = field.metadata
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise BadConfig(f"{value!r} is not one of {', '.join(map(str, choices))}", path,
+                        "use one of the listed values")
+    bounds = meta.get("range")
+    if bounds is not None and value is not None and isinstance(value, (int, float)):
+        lo, hi = bounds
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            lo_s = "-inf" if lo is None else f"{lo:g}"
+            hi_s = "inf" if hi is None else f"{hi:g}"
+            raise BadConfig(f"{value:g} is outside [{lo_s}, {hi_s}]", path,
+                            f"choose a value in [{lo_s}, {hi_s}]")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Build the dataclass ``cls`` from ``data``, validating every key.
+
+    Args:
+        cls: a dataclass type whose fields may carry ``choices``/``range``/``alias`` metadata.
+        data: the mapping, typically from YAML.
+        path: the key path of ``data`` in its file, for error messages.
+
+    Returns:
+        The validated instance. ``cls.__post_init__`` runs last and may raise BadConfig.
+
+    Raises:
+        BadConfig: for unknown keys, wrong types and out-of-range values.
+    """
+    if not isinstance(data, Mapping):
+        raise BadConfig(f"expected a mapping, got {type(data).__name__}", path or "config",
+                        "write 'key: value' lines")
+    hints = typing.get_type_hints(cls)
+    by_key = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        by_key[f.metadata.get("alias", f.name)] = f
+    kwargs = {}
+    for key, value in data.items():
+        f = by_key.get(key)
+        if f is None:
+            known = ", ".join(sorted(by_key))
+            raise BadConfig(f"unknown key {key!r}", _join(path, str(key)), f"known keys: {known}")
+        key_path = _join(path, key)
+        value = check_value(value, hints[f.name], key_path)
+        _check_constraints(f, value, key_path)
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except BadConfig as err:
+        if path and err.where and not err.where.startswith(path):
+            err.where = _join(path, err.where)
+            err.args = (err.message,)
+        raise
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass config as a plain mapping with its YAML keys (aliases applied)."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.metadata.get("alias", f.name)] = value
+    return out
