@@ -1,0 +1,1 @@
+"""Denoisers: scoring rules, models, metrics and Algorithm 1 (no Ray in this package)."""

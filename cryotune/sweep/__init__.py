@@ -1,0 +1,1 @@
+"""Sweeps on Ray Tune: search spaces and the Tuner wiring."""

@@ -1,0 +1,1 @@
+"""Downstream validation: 3D reconstruction with FSC, and conformation clustering."""
