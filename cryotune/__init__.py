@@ -26,11 +26,14 @@ from cryotune.errors import (
 if TYPE_CHECKING:  # pragma: no cover
     from cryotune.config import TrainConfig
     from cryotune.data.store import open_dataset
+    from cryotune.results import Study, load_study
 
 # public name -> module that defines it; imported on first use
 _LAZY = {
     "open_dataset": "cryotune.data.store",
     "TrainConfig": "cryotune.config",
+    "load_study": "cryotune.results",
+    "Study": "cryotune.results",
 }
 
 __all__ = [
@@ -40,7 +43,9 @@ __all__ = [
     "CryotuneError",
     "Diverged",
     "MissingExtra",
+    "Study",
     "TrainConfig",
+    "load_study",
     "open_dataset",
 ]
 
