@@ -11,6 +11,8 @@ own experiment files::
                                    file a trial, each written atomically; plain
                                    ``pandas.read_parquet`` reads the folder
         trials/<trial_id>/*.npy    per-trial arrays: gallery images, FSC curves
+        datasets/<key>/            each dataset the study read: manifest.json and the gallery's
+                                   clean and noisy test images (gallery_clean.npy, ...)
 
 Columns of ``trials.parquet``: ``study``, ``trial_id``, ``status`` (:data:`STATUSES`), ``error``,
 ``epochs``, ``wall_s``, ``node_id``, ``config.<key>`` for every config entry (nested keys joined
@@ -202,6 +204,22 @@ class StudyStore:
         self._write_bytes(path, buf.getvalue())
         return path
 
+    def write_dataset(self, key: str, manifest: Mapping[str, Any],
+                      arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        """Keep a dataset's manifest and reference arrays (e.g. ``gallery_clean``,
+        ``gallery_noisy``, ``gallery_ids``) under ``datasets/<key>/``; trials name the dataset
+        by ``config.dataset = key``."""
+        import json
+
+        folder = _join(self.path, "datasets", _safe(key))
+        self.fs.create_dir(folder, recursive=True)
+        for name, array in (arrays or {}).items():
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(array), allow_pickle=False)
+            self._write_bytes(_join(folder, f"{name}.npy"), buf.getvalue())
+        self._write_bytes(_join(folder, "manifest.json"),
+                          json.dumps(dict(manifest), indent=1, default=str).encode())
+
     # -- atomic writes --------------------------------------------------------------------
     def _write_table(self, frame: pd.DataFrame, path: str) -> None:
         sink = io.BytesIO()
@@ -283,10 +301,36 @@ class Study:
 
     def array(self, study: str, trial_id: str, name: str) -> np.ndarray | None:
         """A per-trial array (e.g. ``gallery``), or None when the trial has none."""
+        return self._load_npy(study, "trials", _safe(trial_id), f"{name}.npy")
+
+    def dataset_array(self, study: str, key: str, name: str) -> np.ndarray | None:
+        """A dataset's reference array (e.g. ``gallery_clean``), or None."""
+        return self._load_npy(study, "datasets", _safe(key), f"{name}.npy")
+
+    @property
+    def datasets(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Manifests of the datasets each study read, keyed by (study, dataset key)."""
+        import json
+
+        out = {}
+        for fs, path in self._sources:
+            study = path.rstrip("/").rsplit("/", 1)[-1]
+            folder = _join(path, "datasets")
+            if fs.get_file_info(folder).type != pafs.FileType.Directory:
+                continue
+            for info in fs.get_file_info(pafs.FileSelector(folder)):
+                file = _join(info.path, "manifest.json")
+                if info.type == pafs.FileType.Directory and \
+                        fs.get_file_info(file).type == pafs.FileType.File:
+                    with fs.open_input_stream(file) as f:
+                        out[(study, info.base_name)] = json.loads(f.read().decode())
+        return out
+
+    def _load_npy(self, study: str, *parts: str) -> np.ndarray | None:
         for fs, path in self._sources:
             if path.rstrip("/").rsplit("/", 1)[-1] != study:
                 continue
-            file = _join(path, "trials", _safe(trial_id), f"{name}.npy")
+            file = _join(path, *parts)
             if fs.get_file_info(file).type != pafs.FileType.File:
                 return None
             with fs.open_input_file(file) as f:

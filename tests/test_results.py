@@ -114,3 +114,13 @@ def test_table_metadata_has_schema_version(tmp_path):
     StudyStore(tmp_path, "s").record_trial({"trial_id": "t", "status": "finished"})
     meta = pq.read_schema(tmp_path / "s" / "trials.parquet").metadata
     assert meta[b"cryotune.study_schema"] == b"1"
+
+
+def test_dataset_manifest_and_gallery(tmp_path):
+    store = StudyStore(tmp_path, "s")
+    clean = np.zeros((3, 16, 16), np.float32)
+    store.write_dataset("snr0.1", {"name": "rnap", "snr": 0.1}, {"gallery_clean": clean})
+    store.record_trial({"trial_id": "t", "status": "finished", "config": {"dataset": "snr0.1"}})
+    study = load_study(tmp_path / "s")
+    assert study.datasets[("s", "snr0.1")]["snr"] == 0.1
+    np.testing.assert_array_equal(study.dataset_array("s", "snr0.1", "gallery_clean"), clean)
