@@ -1,0 +1,110 @@
+"""Shard file formats of the dataset store: Parquet tables and MRC stack pairs.
+
+Example::
+
+    import numpy as np
+    from cryotune.data.shards import write_parquet, table_to_numpy
+    import pyarrow.parquet as pq
+    write_parquet("/tmp/s.parquet", {"id": np.arange(3), "clean": np.zeros((3, 16, 16), np.float32)}, {})
+    print(table_to_numpy(pq.read_table("/tmp/s.parquet"))["clean"].shape)   # (3, 16, 16)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import NamedTuple
+
+import mrcfile
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["COLUMNS", "FORMATS", "META", "SCHEMA_VERSION", "SPLITS", "MrcShard",
+           "cryotune_version", "sha256", "table_to_numpy", "write_mrcs", "write_parquet"]
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "test")
+FORMATS = ("parquet", "mrc")
+# Per-row metadata columns: name -> (dtype, values per row or None for a scalar).
+META = {"id": (np.int64, None), "conformation": (np.int32, None), "rotation": (np.float32, 4),
+        "shift": (np.float32, 2), "defocus": (np.float32, 3)}
+COLUMNS = ("id", "clean", "noisy", "conformation", "rotation", "shift", "defocus")
+
+
+class MrcShard(NamedTuple):
+    """The three files of one MRC shard and its row count."""
+
+    clean: Path
+    noisy: Path
+    meta: Path
+    rows: int
+
+
+def cryotune_version() -> str:
+    """The installed cryotune version, stamped into manifests and Parquet metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cryotune")
+    except PackageNotFoundError:  # a source tree that is not installed
+        return "0+unknown"
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_parquet(path: str | Path, columns: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Images as canonical ``arrow.fixed_shape_tensor`` float32 [H, W]; vectors as fixed-size lists.
+
+    The canonical tensor type is read by plain pyarrow (``to_numpy_ndarray()``), by pandas (an
+    object column of flat float32 arrays) and by ``ray.data.read_parquet``, which turns it
+    into an (N, H, W) float32 numpy array, so no Ray-specific type is needed.
+    """
+    arrays, names = [], []
+    for key, value in columns.items():
+        if key in ("clean", "noisy"):
+            arrays.append(pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(value)))
+        elif value.ndim == 2:
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(value.reshape(-1)), value.shape[1]))
+        else:
+            arrays.append(pa.array(value))
+        names.append(key)
+    table = pa.Table.from_arrays(arrays, names=names)
+    table = table.replace_schema_metadata({f"cryotune.{k}": v for k, v in metadata.items()})
+    pq.write_table(table, path)
+
+
+def write_mrcs(path: Path, images: np.ndarray, pixel_size: float) -> None:
+    """Write an (N, H, W) float32 (mode 2) image stack with its voxel size set."""
+    with mrcfile.new(path) as mrc:
+        mrc.set_data(np.ascontiguousarray(images, dtype=np.float32))
+        mrc.set_image_stack()
+        mrc.voxel_size = pixel_size
+
+
+def table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
+    """Convert a shard table's columns to numpy (images without copies where Arrow allows).
+
+    Args:
+        table: columns of a Parquet shard or sidecar.
+
+    Returns:
+        name -> array; clean/noisy (N, H, W) float32 (possibly read-only), vectors (N, k).
+    """
+    out = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if isinstance(col.type, pa.FixedShapeTensorType):
+            out[name] = col.to_numpy_ndarray()
+        elif pa.types.is_fixed_size_list(col.type):
+            out[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
