@@ -31,7 +31,7 @@ from cryotune.errors import BadConfig
 
 T = TypeVar("T")
 
-__all__ = ["check_value", "from_dict", "load_yaml", "to_dict"]
+__all__ = ["METHODS", "TrainConfig", "check_value", "from_dict", "load_yaml", "to_dict"]
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -209,3 +209,75 @@ def to_dict(obj: Any) -> dict[str, Any]:
             value = list(value)
         out[f.metadata.get("alias", f.name)] = value
     return out
+
+
+# Paper names (DESIGN.md "Key semantics"); ``js_gan`` is ``beta_gan`` at (alpha, beta) = (0, 0).
+METHODS = ("l2_ae", "l1_ae", "beta_gan", "js_gan", "wgan", "wgan_gp")
+
+
+def _field(default: Any, **metadata: Any) -> Any:
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One denoiser and how Algorithm 1 trains it. Defaults are the paper's where it gives one.
+
+    ``alpha``/``beta`` matter for ``beta_gan`` only, ``lam`` for the GAN methods only (the
+    autoencoders minimise mean |G(y) - x|^p alone), ``mu`` for ``wgan_gp`` and ``clip`` for
+    ``wgan``; the others ignore them, so one sweep grid can cross methods with parameters.
+    """
+
+    method: str = _field("beta_gan", choices=METHODS)
+    alpha: float = _field(0.5, range=(-1.0, 1.0))  # (0.5, 0.5) and (1, 1) were the paper's best
+    beta: float = _field(0.5, range=(-1.0, 1.0))
+    lam: float = _field(10.0, range=(0.0, None), alias="lambda")  # weight of the l_p term; 0 = pure GAN
+    p: int = _field(1, choices=(1, 2))  # GAN + l1 was the paper's best pairing
+    arch: str = _field("resnet", choices=("resnet", "conv"))  # conv = Appendix Table 3, no skips
+    width: int = _field(32, range=(1, 512))  # channels of the first stage; 32 -> ~1.1M-parameter GAN
+    depth: int = _field(2, range=(1, 6))  # stride-2 stages; the image size must divide by 2**depth
+    g_norm: str = _field("batch", choices=("batch", "instance", "none"))
+    # auto = layer norm for the wgan_gp critic (its penalty is per sample), batch norm otherwise
+    d_norm: str = _field("auto", choices=("auto", "batch", "layer", "instance", "none"))
+    lr_d: float = _field(1e-3, range=(0.0, None))  # eta_d, Adam
+    lr_g: float = _field(1e-2, range=(0.0, None))  # eta_g, Adam
+    batch_size: int = _field(20, range=(1, None))  # m
+    k_d: int = _field(1, range=(1, None))  # discriminator ascent steps per minibatch
+    k_g: int = _field(2, range=(1, None))  # generator descent steps per minibatch
+    mu: float = _field(10.0, range=(0.0, None))  # gradient-penalty weight (wgan_gp)
+    clip: float = _field(0.01, range=(0.0, None))  # weight-clipping bound c (wgan)
+    epochs: int = _field(20, range=(1, None))
+    seed: int = _field(0, range=(0, None))  # weights and gradient-penalty draws
+    checkpoint_every: int = _field(1, range=(0, None))  # epochs between checkpoints; 0 = last only
+    device: str = _field("auto", choices=("auto", "cpu", "cuda"))  # auto = CUDA when present
+    bf16: bool = _field(False)  # bfloat16 autocast (CUDA)
+    channels_last: bool = _field(False)  # NHWC memory format (faster convolutions on CUDA)
+    num_threads: int | None = _field(None, range=(1, None))  # torch CPU threads; None = torch's
+    deterministic: bool = _field(False)  # torch.use_deterministic_algorithms, for exact resumes
+    gallery: int = _field(8, range=(0, None))  # fixed test images kept for the report
+
+    def __post_init__(self) -> None:
+        for name in ("lr_d", "lr_g"):
+            if getattr(self, name) <= 0:
+                raise BadConfig(f"{getattr(self, name):g} is not positive", name,
+                                "use a learning rate > 0, e.g. 1e-3")
+        if self.method == "wgan_gp" and self.d_norm == "batch":
+            raise BadConfig("the WGAN-GP critic cannot use batch norm (its gradient penalty is "
+                            "per sample)", "d_norm", "use layer, instance, none or auto")
+
+    @property
+    def adversarial(self) -> bool:
+        """True when the method trains a discriminator."""
+        return self.method not in ("l1_ae", "l2_ae")
+
+    @property
+    def loss_p(self) -> int:
+        """The exponent of the reconstruction term: fixed by the name for the autoencoders."""
+        return {"l1_ae": 1, "l2_ae": 2}.get(self.method, self.p)
+
+    @property
+    def critic_norm(self) -> str:
+        """The discriminator's normalisation with ``auto`` resolved."""
+        if self.d_norm != "auto":
+            return self.d_norm
+        return "layer" if self.method == "wgan_gp" else "batch"
