@@ -1,10 +1,11 @@
 """Image-quality metrics per image, batched on the tensors' device: MSE, PSNR, SSIM.
 
 Images are N x 1 x H x W or N x H x W, clean references normalised to [0, 1] (data range 1).
-Each function returns one value per image, shape (N,), in the inputs' dtype. ``ssim`` is
-scikit-image's ``structural_similarity(x_i, y_i, data_range=...)`` with its defaults: a 7 x 7
-uniform window, sample covariance (N / (N - 1) with N = 49), K1 = 0.01, K2 = 0.03, averaged over
-the region where the window fits (scikit-image crops (7 - 1) // 2 pixels from each side).
+Each function returns one value per image, shape (N,), in the inputs' dtype (float32 for
+half-precision or integer inputs). ``ssim`` is scikit-image's
+``structural_similarity(x_i, y_i, data_range=...)`` with its defaults: a 7 x 7 uniform window,
+sample covariance (N / (N - 1) with N = 49), K1 = 0.01, K2 = 0.03, averaged over the region
+where the window fits (scikit-image crops (7 - 1) // 2 pixels from each side).
 
 Example::
 
@@ -29,9 +30,13 @@ _K1, _K2 = 0.01, 0.03
 
 
 def _as_images(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Check shapes and return N x H x W views."""
+    """Check shapes and return N x H x W images of one float32 or float64 dtype."""
     if x.shape != y.shape:
         raise ValueError(f"images differ in shape: {tuple(x.shape)} and {tuple(y.shape)}")
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    if dtype not in (torch.float32, torch.float64):  # half precision cannot resolve SSIM
+        dtype = torch.float32
+    x, y = x.to(dtype), y.to(dtype)
     if x.dim() == 4 and x.shape[1] == 1:
         return x[:, 0], y[:, 0]
     if x.dim() == 3:

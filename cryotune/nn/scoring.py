@@ -14,7 +14,8 @@ every (a, b) in [-1, 1]^2 finite. With c = sigmoid(v), dc = c (1-c) dv::
 whose integrands are smooth and computed in log space with ``logsigmoid``. The value is a
 48-point Gauss-Legendre rule on [0, u] for |u| <= 40 (relative error below 1e-12 in float64
 against ``scipy.integrate.quad``; float32 is limited by its own rounding of u, about
-|u| * 2^-24) plus the tail beyond |u| = 40 in closed form, where the integrand is an exponential
+|u| * 2^-24; the result has u's dtype, float32 for half-precision u, and autocast is off
+inside) plus the tail beyond |u| = 40 in closed form, where the integrand is an exponential
 to within exp(-40). The gradient is exact: a custom autograd function returns
 dS1/du = t^a (1-t)^(b+1) and dS0/du = -t^(a+1) (1-t)^b. Up to constants, (0, 0) gives
 log t and log(1-t) (JS-GAN, binary cross-entropy) and (1, 1) gives -(1-t)^2/2 and -t^2/2.
@@ -80,6 +81,11 @@ def _exp_integral(k: float, start: float, length: Tensor) -> Tensor:
     return torch.expm1(k * length) * (np.exp(k * start) / k)
 
 
+def _working(u: Tensor) -> Tensor:
+    """u itself in float32 or float64; half-precision (and integer) logits in float32."""
+    return u if u.dtype in (torch.float32, torch.float64) else u.float()
+
+
 class _LogitIntegral(torch.autograd.Function):
     """I(u) = int_0^u sigmoid(v)^p (1 - sigmoid(v))^q dv, elementwise, exact gradient."""
 
@@ -87,21 +93,22 @@ class _LogitIntegral(torch.autograd.Function):
     def forward(ctx, u: Tensor, p: float, q: float) -> Tensor:
         ctx.save_for_backward(u)
         ctx.p, ctx.q = p, q
-        work = u if u.dtype in (torch.float32, torch.float64) else u.float()
+        work = _working(u)
         nodes, weights = _rule_on_unit_interval(work.dtype, work.device)
         inner = work.clamp(-_EDGE, _EDGE)
-        values = torch.exp(_log_integrand(inner.unsqueeze(-1) * nodes, p, q))
-        total = inner * (values @ weights)
+        with torch.autocast(work.device.type, enabled=False):  # keep the rule's sum in `work`
+            values = torch.exp(_log_integrand(inner.unsqueeze(-1) * nodes, p, q))
+            total = inner * (values @ weights)
         # Tails: for v -> +inf the integrand is exp(-q v), for v -> -inf it is exp(p v).
         total += _exp_integral(-q, _EDGE, (work - _EDGE).clamp(min=0))
         total += _exp_integral(p, -_EDGE, (work + _EDGE).clamp(max=0))
-        return total.to(u.dtype)
+        return total
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (u,) = ctx.saved_tensors
-        work = u if u.dtype in (torch.float32, torch.float64) else u.float()
-        return grad * torch.exp(_log_integrand(work, ctx.p, ctx.q)).to(u.dtype), None, None
+        slope = torch.exp(_log_integrand(_working(u), ctx.p, ctx.q))
+        return (grad * slope).to(u.dtype), None, None
 
 
 class ScoringRule(abc.ABC):

@@ -62,3 +62,23 @@ def test_bad_shapes():
         mse(torch.rand(2, 16, 16), torch.rand(2, 1, 16, 16))
     with pytest.raises(ValueError, match="N x 1 x H x W"):
         psnr(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))
+
+
+def test_half_precision_is_computed_in_float32():
+    clean, noisy = image_pairs(16, np.float32, "structured", n=3)
+    x, y = torch.from_numpy(noisy).bfloat16(), torch.from_numpy(clean).bfloat16()
+    for metric in (mse, psnr, ssim):
+        got = metric(x, y)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, metric(x.float(), y.float()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(dtype):
+    clean, noisy = image_pairs(17, np.float64, "structured")
+    x, y = torch.from_numpy(noisy).to(dtype), torch.from_numpy(clean).to(dtype)
+    for metric in (mse, psnr, ssim):
+        got = metric(x.cuda(), y.cuda())
+        assert got.device.type == "cuda"
+        torch.testing.assert_close(got.cpu(), metric(x, y))

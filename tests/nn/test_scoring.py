@@ -201,3 +201,36 @@ def test_clip_weights():
     assert layer.bias.abs().max() <= 0.05
     with pytest.raises(BadConfig):
         clip_weights(layer, 0.0)
+
+
+def test_half_precision_and_autocast():
+    rule = BetaScore(0.5, -0.5)
+    u = torch.linspace(-8, 8, 33)
+    exact = rule.real(u.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(rule.real(u).double(), exact, rtol=1e-6, atol=1e-6)
+    half = u.bfloat16().requires_grad_(True)
+    value = rule.fake(half)
+    assert value.dtype == torch.float32
+    torch.testing.assert_close(value, rule.fake(half.detach().float()))
+    value.sum().backward()
+    assert half.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(dtype):
+    rule = BetaScore(-0.5, 0.1)
+    u = torch.linspace(-40, 40, 201, dtype=dtype)
+    gpu = u.cuda().requires_grad_(True)
+    cpu = u.clone().requires_grad_(True)
+    for side in ("real", "fake"):
+        got, want = getattr(rule, side)(gpu), getattr(rule, side)(cpu)
+        assert got.device == gpu.device and got.dtype == dtype
+        torch.testing.assert_close(got.cpu(), want)
+        (g_gpu,) = torch.autograd.grad(got.sum(), gpu)
+        (g_cpu,) = torch.autograd.grad(want.sum(), cpu)
+        torch.testing.assert_close(g_gpu.cpu(), g_cpu)
+    critic = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1)).to("cuda", dtype)
+    x = torch.rand(4, 1, 4, 4, dtype=dtype, device="cuda")
+    assert gradient_penalty(critic, x, torch.rand_like(x)).device == x.device
