@@ -445,6 +445,40 @@ def load_study(*paths: str | Path) -> Study:
     return Study(trials=trials, specs=specs, uris=uris, _sources=sources)
 
 
+# display names in the paper's words; the report and the CLI use them
+_LABELS = {"l2_ae": "ℓ2-AE", "l1_ae": "ℓ1-AE", "js_gan": "JS-GAN", "wgan": "WGAN",
+           "wgan_gp": "WGAN-GP", "bm3d": "BM3D", "ksvd": "KSVD", "nlm": "NLM",
+           "cwf": "CWF (no CTF)"}
+
+
+def method_labels(trials: pd.DataFrame, *, with_lambda: bool = True) -> pd.Series:
+    """One display name per trial: ``(0.5,0.5)-GAN + ℓ1``, ``WGAN-GP + ℓ1``, ``ℓ2-AE``...
+
+    GAN methods carry their reconstruction term (``+ ℓp``, omitted when lambda is 0, a pure
+    GAN) and, with ``with_lambda``, ``(λ=...)`` when lambda is not the paper's 10.
+    """
+    def col(name, default=None):
+        return trials[name] if name in trials else pd.Series(default, index=trials.index)
+
+    method, alpha, beta = col("config.method", "?"), col("config.alpha"), col("config.beta")
+    lam, p = col("config.lambda"), col("config.p")
+    out = []
+    for m, a, b, la, pp in zip(method, alpha, beta, lam, p, strict=True):
+        if m == "beta_gan" and pd.notna(a) and pd.notna(b):
+            name = f"({a:g},{b:g})-GAN"
+        else:
+            name = _LABELS.get(str(m), str(m))
+        if m in ("beta_gan", "js_gan", "wgan", "wgan_gp") and pd.notna(la):
+            if la > 0:
+                name += f" + ℓ{int(pp) if pd.notna(pp) else 1}"
+                if with_lambda and la != 10:
+                    name += f" (λ={la:g})"
+            else:
+                name += " (pure)"
+        out.append(name)
+    return pd.Series(out, index=trials.index, dtype=object)
+
+
 def finite_or_none(value: Any) -> float | None:
     """A float metric, or None when missing or not finite (NaN/inf never reach the tables)."""
     try:

@@ -1,0 +1,114 @@
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from cryotune.report import build_report, render
+from cryotune.results import StudyStore, load_study
+
+METHODS = [
+    {"method": "l2_ae", "p": 2},
+    {"method": "l1_ae", "p": 1},
+    {"method": "beta_gan", "alpha": 0.5, "beta": 0.5, "lambda": 10.0, "p": 1},
+    {"method": "wgan_gp", "lambda": 10.0, "p": 1},
+]
+
+
+def make_study(root, name="s", *, trial_name=lambda i: f"t{i:03d}", seeds=(0, 1, 2), extra_config=None):
+    """A study with the shape a robustness sweep writes: methods x types x eps x seeds."""
+    store = StudyStore(root, name)
+    store.write_spec({"name": name, "epochs": 3})
+    rng = np.random.default_rng(0)
+    clean = rng.random((3, 16, 16)).astype(np.float32)
+    store.write_dataset("d0", {"name": "sim", "kind": "simulated", "image_shape": [16, 16],
+                               "pixel_size": 4.0, "snr": 0.1, "snr_measured": 0.1,
+                               "splits": {"train": {"count": 100}, "test": {"count": 20}}},
+                        {"gallery_clean": clean, "gallery_noisy": clean + rng.normal(0, 1, clean.shape)})
+    i = 0
+    expected = {}
+    for m in METHODS:
+        for ctype in ("A", "B", "C"):
+            for eps in (0.0, 0.2):
+                if eps == 0 and ctype != "A":
+                    continue
+                for seed in seeds:
+                    # l2 degrades under A, everything else is robust
+                    base = 3e-3 if m["method"] != "l2_ae" else 3.2e-3
+                    mse = base * (4.0 if (m["method"] == "l2_ae" and ctype == "A" and eps > 0) else 1.0)
+                    mse *= 1 + 0.01 * rng.standard_normal()
+                    tid = trial_name(i)
+                    i += 1
+                    config = {**m, "eps": eps, "contamination": ctype if eps else "none",
+                              "seed": seed, "dataset": "d0", "snr": 0.1, **(extra_config or {})}
+                    store.record_trial(
+                        {"trial_id": tid, "status": "finished", "epochs": 3, "wall_s": 2.0,
+                         "config": config,
+                         "metrics": {"test_mse": mse, "test_psnr": -10 * np.log10(mse), "test_ssim": 0.8}},
+                        [{"epoch": e, "train_mse": mse * (3 - e), "test_mse": mse * (3 - e)} for e in range(3)],
+                    )
+                    store.write_array(tid, "gallery", np.clip(clean + 0.01, 0, 1))
+                    expected.setdefault((m["method"], ctype if eps else "none", eps), []).append(mse)
+    store.record_trial({"trial_id": "bad", "status": "error", "error": "worker died",
+                        "config": {"method": "l1_ae", "eps": 0.0}})
+    return root / name, expected
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.attrs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+
+
+def test_report_sections_and_numbers(tmp_path):
+    path, expected = make_study(tmp_path)
+    html = render(load_study(path))
+    for anchor in ("overview", "table1", "fig5", "fig2", "gallery", "summary"):
+        assert f'id="{anchor}"' in html
+    # Table 1's l2-AE mean at eps 0 equals the mean over seeds of the recorded MSE
+    l2 = np.mean(expected[("l2_ae", "none", 0.0)])
+    assert f"{l2:.2e}".replace("e-0", "e-") in html
+    # the findings are computed: l2 degrades under type A
+    assert re.search(r"Type A.*most degraded ℓ2-AE", html)
+    assert "ℓ1 autoencoder beats the ℓ2 one" in html
+    # Table 2 and 4 say what is missing
+    assert "Needs finished (alpha, beta)-GAN trials" in html
+    assert "worker died" in html
+
+
+def test_report_is_self_contained(tmp_path):
+    path, _ = make_study(tmp_path)
+    out = build_report(load_study(path), tmp_path / "r.html")
+    html = out.read_text()
+    parser = _Collector()
+    parser.feed(html)
+    assert "script" not in parser.tags
+    for name, value in parser.attrs:
+        if name in ("src", "href"):
+            assert value.startswith(("data:", "#")), value
+    assert "Content-Security-Policy" in html
+    assert not list(tmp_path.glob(".r.html*"))  # no temporary file left
+
+
+@pytest.mark.parametrize("evil", ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'])
+def test_hostile_strings_are_escaped(tmp_path, evil):
+    path, _ = make_study(tmp_path, trial_name=lambda i: f"{evil}{i}", seeds=(0,),
+                         extra_config={"note": evil})
+    StudyStore(tmp_path, "s").record_trial({"trial_id": evil, "status": "error", "error": evil,
+                                            "config": {"method": evil}})
+    html = render(load_study(path), title=evil)
+    parser = _Collector()
+    parser.feed(html)
+    assert "script" not in parser.tags
+    assert all(not name.startswith("on") for name, _ in parser.attrs)
+    assert "<script>alert" not in html and "<img src=x" not in html
+
+
+def test_empty_study_says_what_is_missing(tmp_path):
+    StudyStore(tmp_path, "e").record_trial({"trial_id": "x", "status": "error", "error": "boom"})
+    html = render(load_study(tmp_path / "e"))
+    assert html.count('class="missing"') >= 5
