@@ -139,6 +139,10 @@ class StackSource:
             raise IndexError(f"image index outside a stack of {n} ({self.path})")
         return np.array(self._data[indices], dtype=np.float32)
 
+    def describe(self, i: int) -> str:
+        """Where image ``i`` (0-based) lives, for error messages."""
+        return f"{self.path} image {i + 1} of {self.shape[0]} (counted from 1)"
+
     def iter_chunks(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, images)`` for consecutive chunks of at most ``rows`` images."""
         if rows < 1:

@@ -141,11 +141,11 @@ class ParticleTable:
                            "ingest one optics group at a time, or pass --pixel-size")
         return float(np.median(known))
 
-    def quaternions(self) -> np.ndarray | None:
-        """Poses as (n, 4) unit quaternions (w, x, y, z), or None without poses."""
+    def quaternions(self, rows: slice = slice(None)) -> np.ndarray | None:
+        """Poses of ``rows`` as (k, 4) unit quaternions (w, x, y, z), or None without poses."""
         if self.poses is None:
             return None
-        return matrix_to_quaternion(relion_euler_to_matrix(*self.poses.T))
+        return matrix_to_quaternion(relion_euler_to_matrix(*self.poses[rows].T))
 
 
 def _as_frame(block) -> pd.DataFrame:
