@@ -24,3 +24,45 @@ def ray_session():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Render a local HTML file in real headless Chromium (Debian's `chromium`).
+
+    Returns a function ``render(html_path, tmp_dir) -> dict`` with the screenshot as an array,
+    the page's console messages, and the network requests the page itself started (browser
+    housekeeping requests, whose initiator is "not an origin", are not the page's).
+    """
+    import json
+    import shutil
+    import subprocess
+
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run must install Debian's chromium")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+
+    def render(html_path, tmp_dir, size=(1200, 2400)):
+        from skimage.io import imread
+
+        shot, netlog = tmp_dir / "shot.png", tmp_dir / "netlog.json"
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic",
+               f"--user-data-dir={tmp_dir / 'profile'}", f"--log-net-log={netlog}",
+               "--enable-logging=stderr", "--v=0", f"--window-size={size[0]},{size[1]}",
+               f"--screenshot={shot}", html_path.resolve().as_uri()]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert shot.exists(), proc.stderr[-2000:]
+        console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+        log = json.loads(netlog.read_text())
+        names = {v: k for k, v in log["constants"]["logEventTypes"].items()}
+        requests = [p["url"] for e in log["events"]
+                    if names.get(e["type"]) == "URL_REQUEST_START_JOB"
+                    and "url" in (p := e.get("params", {}))
+                    and p.get("initiator") != "not an origin"
+                    and not p["url"].startswith(("file:", "data:"))]
+        return {"screenshot": imread(shot), "console": console, "requests": requests}
+
+    return render
