@@ -445,6 +445,27 @@ def load_study(*paths: str | Path) -> Study:
     return Study(trials=trials, specs=specs, uris=uris, _sources=sources)
 
 
+def dataset_key(manifest: Mapping[str, Any]) -> str:
+    """A short stable name for a dataset in a study: ``<name>-<8 hex of its shard checksums>``.
+
+    Sweeps and baselines name the same dataset the same way, so their rows line up.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split in sorted(manifest.get("splits", {})):
+        for shard in manifest["splits"][split].get("shards", []):
+            digest.update(_json_sorted(shard).encode())
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", str(manifest.get("name", "dataset")))
+    return f"{name}-{digest.hexdigest()[:8]}"
+
+
+def _json_sorted(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 # display names in the paper's words; the report and the CLI use them
 _LABELS = {"l2_ae": "ℓ2-AE", "l1_ae": "ℓ1-AE", "js_gan": "JS-GAN", "wgan": "WGAN",
            "wgan_gp": "WGAN-GP", "bm3d": "BM3D", "ksvd": "KSVD", "nlm": "NLM",
