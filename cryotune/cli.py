@@ -21,6 +21,8 @@ COMMANDS = (
     "ingest",
     "train",
     "denoise",
+    "baselines",
+    "report",
 )
 
 
