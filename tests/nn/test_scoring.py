@@ -50,7 +50,7 @@ def anchored_reference(u: float, a: float, b: float, label: int) -> float:
 
 @pytest.fixture(scope="module")
 def u_grid():
-    return np.concatenate([np.linspace(-20, 20, 33), [-1e-3, 1e-4, 3.3, -7.7]])
+    return np.concatenate([np.linspace(-20, 20, 33), [-40, -30, -1e-3, 1e-4, 3.3, -7.7, 30, 40]])
 
 
 @pytest.mark.parametrize("a,b", PAIRS)
@@ -63,10 +63,10 @@ def test_values_match_quad(a, b, u_grid):
         ref_fake = np.array([anchored_reference(x, a, b, 0) for x in u_grid])
     np.testing.assert_allclose(rule.real(u).numpy(), ref_real, rtol=1e-11, atol=1e-14)
     np.testing.assert_allclose(rule.fake(u).numpy(), ref_fake, rtol=1e-11, atol=1e-14)
-    # float32 agrees to its own precision
+    # float32 agrees to its arithmetic's precision, 2 |u| 2^-24 relative (the grid is exact in it)
     u32 = u.float()
-    np.testing.assert_allclose(rule.real(u32).double().numpy(), ref_real, rtol=2e-6, atol=1e-7)
-    np.testing.assert_allclose(rule.fake(u32).double().numpy(), ref_fake, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(rule.real(u32).double().numpy(), ref_real, rtol=5e-6, atol=1e-7)
+    np.testing.assert_allclose(rule.fake(u32).double().numpy(), ref_fake, rtol=5e-6, atol=1e-7)
 
 
 def test_js_gan_is_binary_cross_entropy():
