@@ -1,0 +1,558 @@
+"""Sweep specs: what a study trains, on which data, how it searches and where it runs.
+
+A spec is a YAML file (``search_spaces/*.yaml``) read into a :class:`SweepSpec`. Every key is
+checked before Ray starts; an unknown key, a wrong type or an out-of-range value raises
+:class:`~cryotune.errors.BadConfig` naming its key path (``methods[2].alpha: 1.5 is outside
+[-1, 1]``). The keys::
+
+    name: smoke                     # the study's folder: <storage>/<name>
+    dataset:                        # a store path, {path: ...}, {simulate: {...}}, or a list
+      simulate: {size: 16, n_train: 200, n_test: 40, snr: [0.1, 0.05]}   # a list of snr = an axis
+    methods:                        # each entry: method + TrainConfig keys, fixed or swept
+      - method: l1_ae
+      - method: beta_gan
+        pairs: [[1, 1], [0.5, 0.5]] # (alpha, beta) pairs; or alpha: [...] beta: [...] (crossed)
+        lr_g: [1.0e-2, 1.0e-3]      # a list is an axis; {loguniform: [lo, hi]} a range
+    lambda: [1, 10]                 # axis for the adversarial methods without their own lambda
+    eps: [0, 0.1]                   # contamination rate axis; eps 0 runs once, uncontaminated
+    contamination: [A, B, C]        # types crossed with every eps > 0
+    seeds: 2                        # repeats: 2 -> seeds [0, 1]; or a list
+    epochs: 2
+    train: {width: 8, batch_size: 20}  # TrainConfig values shared by every trial
+    metric: test_mse                # mode defaults to min (max for test_psnr, test_ssim)
+    search: grid                    # grid | random | optuna (with n_trials)
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # or fifo
+    resources: {cpu: 1, gpu: 0}     # per trial; fractional gpu packs trials on one GPU
+    max_concurrent: null            # null = as many as the CPU rule allows
+    storage: studies                # folder or pyarrow URI (s3://...)
+    max_failures: 2                 # retries of a trial whose worker died, from its checkpoint
+    checkpoint_every: 1             # epochs between checkpoints (0 = last only)
+    validate: [fsc, clustering]     # downstream checks after each trial
+    scales:                         # named presets of dotted overrides: --scale cpu
+      cpu: {dataset.simulate.size: 32, train.width: 16}
+
+Example::
+
+    from cryotune.sweep.spec import load_spec
+    spec = load_spec("search_spaces/smoke.yaml", overrides=["epochs=1"])
+    print(spec.name, spec.search, [d.key for d in spec.dataset])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cryotune.config import TrainConfig, check_value, from_dict, load_yaml
+from cryotune.errors import BadConfig
+
+__all__ = [
+    "DatasetSpec",
+    "MethodSpec",
+    "Range",
+    "Resources",
+    "Scheduler",
+    "SweepSpec",
+    "apply_overrides",
+    "load_spec",
+    "spec_from_mapping",
+]
+
+SEARCHES = ("grid", "random", "optuna")
+METRICS = ("test_mse", "test_psnr", "test_ssim", "train_mse")
+CONTAMINATION_TYPES = ("A", "B", "C")
+VALIDATIONS = ("fsc", "clustering")
+RANGE_KINDS = ("uniform", "loguniform")
+# TrainConfig keys that a sweep sets in one place of its own, never in train: or a method
+_OWN_PLACE = {
+    "epochs": "the top-level epochs key",
+    "seed": "the top-level seeds key",
+    "checkpoint_every": "the top-level checkpoint_every key",
+}
+# keys of simulate() that are not dataset parameters
+_SIMULATE_NOT_KEYS = ("out", "overwrite", "progress")
+
+
+def _f(default: Any, **metadata: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A continuous range searched by ``random`` or ``optuna``: ``{loguniform: [1e-4, 1e-1]}``."""
+
+    kind: str
+    low: float
+    high: float
+
+
+@dataclasses.dataclass
+class Scheduler:
+    """Trial scheduler: ``fifo`` runs every trial to the end; ``asha`` stops poor ones early."""
+
+    type: str = _f("fifo", choices=("fifo", "asha"))
+    grace_period: int = _f(1, range=(1, None))  # epochs every trial runs before it may stop
+    reduction_factor: float = _f(2.0, range=(1.0, None))  # keep 1 / rf of trials at each rung
+
+    def __post_init__(self) -> None:
+        if self.reduction_factor <= 1:
+            raise BadConfig(f"{self.reduction_factor:g} is not above 1", "reduction_factor",
+                            "use a reduction factor > 1, e.g. 2 or 3")
+
+
+@dataclasses.dataclass
+class Resources:
+    """What one trial reserves; a fractional ``gpu`` packs several trials on one GPU."""
+
+    cpu: float = _f(1.0, range=(0.0, None))
+    gpu: float = _f(0.0, range=(0.0, None))
+
+    def __post_init__(self) -> None:
+        if self.cpu <= 0:
+            raise BadConfig(f"{self.cpu:g} is not positive", "cpu", "give each trial cpu > 0")
+        for name in ("cpu", "gpu"):
+            value = getattr(self, name)
+            if value > 1 and not float(value).is_integer():
+                raise BadConfig(f"{value:g} is above 1 and not a whole number", name,
+                                "Ray takes fractions below 1 only: use e.g. 0.5, 1 or 2")
+
+
+@dataclasses.dataclass
+class DatasetSpec:
+    """One dataset of the study: a store ``path`` or the keyword arguments of ``simulate``.
+
+    ``key`` names it in the study (``config.dataset``): ``name`` when given, else the store's
+    folder name, or ``sim<size>-snr<snr>-<hash of the simulate arguments>``.
+    """
+
+    path: str | None = None
+    simulate: dict[str, Any] | None = None
+    name: str | None = None
+
+    @property
+    def key(self) -> str:
+        if self.name:
+            return self.name
+        if self.path is not None:
+            return Path(self.path).name
+        digest = hashlib.sha256(json.dumps(self.simulate, sort_keys=True).encode()).hexdigest()
+        size = self.simulate.get("size")
+        return f"sim{size if size is not None else ''}-snr{self.simulate['snr']:g}-{digest[:8]}"
+
+    @property
+    def snr(self) -> float | None:
+        """The target SNR of a simulated dataset; None for a store (read its manifest)."""
+        return None if self.simulate is None else float(self.simulate["snr"])
+
+
+@dataclasses.dataclass
+class MethodSpec:
+    """One entry of ``methods``: a method and its TrainConfig values (lists are axes).
+
+    ``params`` maps YAML keys to a list of values (one for a fixed value) or a :class:`Range`;
+    ``pairs`` holds (alpha, beta) pairs swept together.
+    """
+
+    method: str
+    params: dict[str, list[Any] | Range]
+    pairs: list[tuple[float, float]] | None = None
+
+    @property
+    def adversarial(self) -> bool:
+        return self.method not in ("l1_ae", "l2_ae")
+
+
+@dataclasses.dataclass
+class SweepSpec:
+    """A validated sweep; build it with :func:`load_spec` or :func:`spec_from_mapping`.
+
+    After validation ``dataset`` is a list of :class:`DatasetSpec`, ``methods`` a list of
+    :class:`MethodSpec`, ``lam`` and ``eps`` lists or a :class:`Range`, ``contamination`` and
+    ``seeds`` lists, ``scheduler`` a :class:`Scheduler`; ``raw`` keeps the resolved mapping.
+    """
+
+    name: str = _f("")
+    dataset: Any = None
+    methods: list[Any] = _f([])
+    lam: Any = _f(None, alias="lambda")  # None: each method's own or TrainConfig's (10)
+    eps: Any = 0.0
+    contamination: list[str] | str | None = None
+    seeds: int | list[int] = 1
+    epochs: int = _f(10, range=(1, None))  # the paper does not state its epochs
+    train: dict[str, Any] = _f({})
+    metric: str = _f("test_mse", choices=METRICS)
+    mode: str | None = _f(None, choices=("min", "max", None))  # None: by the metric
+    search: str = _f("grid", choices=SEARCHES)
+    n_trials: int | None = _f(None, range=(1, None))  # random and optuna only
+    search_seed: int = _f(0, range=(0, None))
+    scheduler: Scheduler | str = "fifo"
+    resources: Resources = dataclasses.field(default_factory=Resources)
+    max_concurrent: int | None = _f(None, range=(1, None))
+    storage: str = "studies"
+    max_failures: int = _f(2, range=(0, None))
+    checkpoint_every: int = _f(1, range=(0, None))
+    validate: list[str] = _f([])
+    description: str = ""
+    scales: dict[str, Any] = _f({})
+    provenance: dict[str, Any] = _f({})  # version, command line; written by the sweep
+    raw: dict[str, Any] = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name or ""):
+            raise BadConfig(f"invalid or missing study name {self.name!r}", "name",
+                            "use letters, digits, '.', '_' and '-', e.g. name: smoke")
+        if isinstance(self.scheduler, str):
+            self.scheduler = from_dict(Scheduler, {"type": self.scheduler}, "scheduler")
+        if self.mode is None:
+            self.mode = "max" if self.metric in ("test_psnr", "test_ssim") else "min"
+        self.dataset = _datasets(self.dataset)
+        self.methods = _methods(self.methods)
+        self.train = _train_block(self.train)
+        self.lam = _axis(self.lam, "lambda", _train_field("lambda")) if self.lam is not None else None
+        self.eps = _axis(self.eps, "eps", None, bounds=(0.0, 1.0))
+        self.seeds = _seeds(self.seeds)
+        self._check_contamination()
+        self._check_search()
+        for i, name in enumerate(self.validate):
+            if name not in VALIDATIONS:
+                raise BadConfig(f"{name!r} is not one of {', '.join(VALIDATIONS)}",
+                                f"validate[{i}]", "use fsc and/or clustering")
+        if self.scheduler.type == "asha" and self.scheduler.grace_period > self.epochs:
+            raise BadConfig(f"grace period {self.scheduler.grace_period} exceeds epochs "
+                            f"{self.epochs}", "scheduler.grace_period",
+                            "use a grace period <= epochs")
+
+    def _check_contamination(self) -> None:
+        if isinstance(self.contamination, str):
+            self.contamination = [self.contamination]
+        for i, kind in enumerate(self.contamination or []):
+            if kind not in CONTAMINATION_TYPES:
+                raise BadConfig(f"{kind!r} is not one of A, B, C", f"contamination[{i}]",
+                                "A replaces the reference, B the noisy image, C both")
+        top = self.eps.high if isinstance(self.eps, Range) else max(self.eps)
+        if top > 0 and not self.contamination:
+            raise BadConfig("eps above 0 needs contamination types", "contamination",
+                            "add e.g. contamination: [A, B, C]")
+        self.contamination = list(self.contamination or [])
+
+    def _check_search(self) -> None:
+        if self.search == "grid":
+            if self.n_trials is not None:
+                raise BadConfig("n_trials is for random and optuna searches", "n_trials",
+                                "remove it (a grid runs every combination) or set search: optuna")
+            for where, value in self._axes():
+                if isinstance(value, Range):
+                    raise BadConfig(f"a {value.kind} range needs search: random or optuna",
+                                    where, "give a list of values for a grid")
+        elif self.n_trials is None:
+            raise BadConfig(f"search: {self.search} needs the number of trials", "n_trials",
+                            "add e.g. n_trials: 20")
+
+    def _axes(self):
+        yield "lambda", self.lam
+        yield "eps", self.eps
+        for i, m in enumerate(self.methods):
+            for key, value in m.params.items():
+                yield f"methods[{i}].{key}", value
+
+    @property
+    def metric_mode(self) -> tuple[str, str]:
+        return self.metric, self.mode
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+def load_spec(path: str | Path, *, scale: str | None = None,
+              overrides: Sequence[str] = ()) -> SweepSpec:
+    """Read a sweep YAML, apply a ``scales`` preset and ``key=value`` overrides, validate.
+
+    Args:
+        path: the YAML file.
+        scale: a preset name from the file's ``scales`` (e.g. ``cpu``), applied first.
+        overrides: ``dotted.key=value`` items (values parsed as YAML), applied in order.
+
+    Returns:
+        The validated spec; ``spec.raw`` holds the resolved mapping (for ``spec.yaml``).
+
+    Raises:
+        BadConfig: naming the file or the key path.
+    """
+    raw = load_yaml(path)
+    return spec_from_mapping(raw, scale=scale, overrides=overrides, source=str(path))
+
+
+def spec_from_mapping(raw: Mapping[str, Any], *, scale: str | None = None,
+                      overrides: Sequence[str] = (), source: str = "spec") -> SweepSpec:
+    """Like :func:`load_spec` for a mapping already in memory."""
+    raw = json.loads(json.dumps(dict(raw)))  # a deep copy of plain YAML data
+    if scale is not None:
+        presets = raw.get("scales") or {}
+        if not isinstance(presets, Mapping) or scale not in presets:
+            known = ", ".join(presets) if isinstance(presets, Mapping) and presets else "none"
+            raise BadConfig(f"no scale preset {scale!r}", f"{source}: scales",
+                            f"known presets: {known}")
+        preset = presets[scale]
+        if not isinstance(preset, Mapping):
+            raise BadConfig("a scale preset must map dotted keys to values",
+                            f"{source}: scales.{scale}", "write e.g. train.width: 16")
+        raw = apply_overrides(raw, [(k, v) for k, v in preset.items()])
+    raw = apply_overrides(raw, [_split_override(item) for item in overrides])
+    spec = from_dict(SweepSpec, raw)
+    spec.raw = raw
+    return spec
+
+
+def _split_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise BadConfig(f"override {item!r} is not key=value", "--set",
+                        "write e.g. --set epochs=2 or --set train.width=16")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise BadConfig(f"override value {text!r} is not valid YAML ({err})", f"--set {key}",
+                        "quote strings, write lists as [a, b]") from None
+    return key.strip(), value
+
+
+_KEY_PATH = re.compile(r"[A-Za-z_][\w-]*(\[\d+\])*(\.[A-Za-z_][\w-]*(\[\d+\])*)*")
+_TOKEN = re.compile(r"([A-Za-z_][\w-]*)|\[(\d+)\]")
+
+
+def apply_overrides(raw: Mapping[str, Any], items: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """Set ``dotted.key[index]`` paths in a copy of ``raw``; missing mappings are created.
+
+    Example: ``apply_overrides(raw, [("dataset.simulate.size", 32), ("methods[0].lr_g", 1e-3)])``.
+    """
+    out = json.loads(json.dumps(dict(raw)))
+    for key, value in items:
+        if not _KEY_PATH.fullmatch(key):
+            raise BadConfig(f"cannot read the key path {key!r}", "--set",
+                            "write dotted keys with optional [index], e.g. methods[0].alpha")
+        tokens = [(m.group(1), m.group(2)) for m in _TOKEN.finditer(key)]
+        node: Any = out
+        for depth, (name, index) in enumerate(tokens):
+            last = depth == len(tokens) - 1
+            slot: Any = int(index) if index is not None else name
+            if index is not None and (not isinstance(node, list) or slot >= len(node)):
+                raise BadConfig(f"no list item [{index}] to set", key,
+                                "check the list's length in the spec")
+            if index is None and not isinstance(node, dict):
+                raise BadConfig(f"cannot set {name!r} inside a {type(node).__name__}", key,
+                                "set the whole value instead, e.g. --set dataset=...")
+            if last:
+                node[slot] = value
+            elif index is None:
+                node = node.setdefault(name, {})
+            else:
+                node = node[slot]
+    return out
+
+
+# -- parts ------------------------------------------------------------------------------------
+
+def _train_field(key: str) -> dataclasses.Field:
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata.get("alias", f.name) == key:
+            return f
+    known = ", ".join(sorted(f.metadata.get("alias", f.name) for f in dataclasses.fields(TrainConfig)))
+    raise KeyError(known)
+
+
+def _check_train_value(key: str, value: Any, where: str, method: str | None = None) -> Any:
+    """Validate one TrainConfig value (type and range), reporting ``where``."""
+    mapping = {key: value} if method is None or key == "method" else {"method": method, key: value}
+    try:
+        cfg = from_dict(TrainConfig, mapping)
+    except BadConfig as err:
+        raise BadConfig(err.what, where, err.fix) from None
+    f = _train_field(key)
+    return getattr(cfg, f.name)
+
+
+def _axis(value: Any, where: str, field: dataclasses.Field | None, *,
+          bounds: tuple[float, float] | None = None, method: str | None = None) -> list | Range:
+    """A fixed value, a list of values or a range, each value checked."""
+    key = field.metadata.get("alias", field.name) if field is not None else None
+
+    def check(v: Any, at: str) -> Any:
+        if field is not None:
+            return _check_train_value(key, v, at, method)
+        v = check_value(v, float, at)
+        lo, hi = bounds
+        if not lo <= v <= hi:
+            raise BadConfig(f"{v:g} is outside [{lo:g}, {hi:g}]", at,
+                            f"choose a value in [{lo:g}, {hi:g}]")
+        return v
+
+    if isinstance(value, Mapping):
+        if len(value) != 1 or next(iter(value)) not in RANGE_KINDS:
+            raise BadConfig(f"a range is one of {', '.join(RANGE_KINDS)}", where,
+                            "write e.g. {loguniform: [0.1, 1000]}")
+        kind, ends = next(iter(value.items()))
+        numeric = field is None or field.type in (float, "float")
+        if not numeric:
+            raise BadConfig(f"{key} takes values, not a range", where, "give a list of values")
+        if not isinstance(ends, (list, tuple)) or len(ends) != 2:
+            raise BadConfig("a range needs [low, high]", f"{where}.{kind}", "write [low, high]")
+        low, high = (check(v, f"{where}.{kind}[{i}]") for i, v in enumerate(ends))
+        if not low < high:
+            raise BadConfig(f"low {low:g} is not below high {high:g}", f"{where}.{kind}",
+                            "write [low, high] with low < high")
+        if kind == "loguniform" and low <= 0:
+            raise BadConfig(f"a log-uniform range needs low > 0, got {low:g}", f"{where}.{kind}",
+                            "use a positive low end, e.g. [0.1, 1000]")
+        return Range(kind, float(low), float(high))
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise BadConfig("empty list", where, "give at least one value")
+        return [check(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return [check(value, where)]
+
+
+def _seeds(value: Any) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise BadConfig(f"{value} repeats", "seeds", "use seeds: N >= 1, or a list of seeds")
+        return list(range(value))
+    seeds = check_value(value, list[int], "seeds")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise BadConfig(f"seeds {seeds} must be distinct whole numbers >= 0", "seeds",
+                        "write e.g. seeds: [0, 1, 2] or seeds: 3")
+    return seeds
+
+
+def _train_block(train: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in train.items():
+        if key in _OWN_PLACE:
+            raise BadConfig(f"{key} is not set in train", f"train.{key}", f"use {_OWN_PLACE[key]}")
+        if key in ("method", "alpha", "beta", "lambda"):
+            raise BadConfig(f"{key} is not set in train", f"train.{key}",
+                            "set it in a methods entry (or the top-level lambda axis)")
+        try:
+            _train_field(key)
+        except KeyError as known:
+            raise BadConfig(f"unknown key {key!r}", f"train.{key}",
+                            f"known keys: {known.args[0]}") from None
+        out[key] = _check_train_value(key, value, f"train.{key}")
+    if out:  # cross-field checks (e.g. d_norm with method) happen per trial
+        from_dict(TrainConfig, out, "train")
+    return out
+
+
+def _methods(entries: Any) -> list[MethodSpec]:
+    if not entries:
+        raise BadConfig("no methods", "methods", "list at least one, e.g. - method: l1_ae")
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"methods[{i}]"
+        if isinstance(entry, str):
+            entry = {"method": entry}
+        if not isinstance(entry, Mapping) or "method" not in entry:
+            raise BadConfig("a methods entry needs a method", where,
+                            "write e.g. - method: beta_gan")
+        method = _check_train_value("method", entry["method"], f"{where}.method")
+        params: dict[str, list | Range] = {}
+        pairs = None
+        for key, value in entry.items():
+            at = f"{where}.{key}"
+            if key == "method":
+                continue
+            if key == "pairs":
+                pairs = _pairs(value, at, method)
+                continue
+            if key in _OWN_PLACE:
+                raise BadConfig(f"{key} is not set per method", at, f"use {_OWN_PLACE[key]}")
+            try:
+                field = _train_field(key)
+            except KeyError as known:
+                raise BadConfig(f"unknown key {key!r}", at,
+                                f"known keys: method, pairs, {known.args[0]}") from None
+            params[key] = _axis(value, at, field, method=method)
+        if pairs is not None and ({"alpha", "beta"} & set(params)):
+            raise BadConfig("pairs and alpha/beta together", f"{where}.pairs",
+                            "give either pairs: [[a, b], ...] or alpha and beta")
+        if method != "beta_gan" and (pairs is not None or {"alpha", "beta"} & set(params)):
+            raise BadConfig(f"alpha and beta belong to beta_gan, not {method}", where,
+                            "remove them, or use method: beta_gan (js_gan is (0, 0))")
+        out.append(MethodSpec(method, params, pairs))
+    return out
+
+
+def _pairs(value: Any, where: str, method: str) -> list[tuple[float, float]]:
+    if not isinstance(value, (list, tuple)) or not value:
+        raise BadConfig("pairs must be a list of [alpha, beta]", where,
+                        "write e.g. pairs: [[1, 1], [0.5, 0.5]]")
+    out = []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise BadConfig(f"expected [alpha, beta], got {pair!r}", f"{where}[{i}]",
+                            "write two numbers, e.g. [0.5, 0.5]")
+        a = _check_train_value("alpha", pair[0], f"{where}[{i}].alpha", method)
+        b = _check_train_value("beta", pair[1], f"{where}[{i}].beta", method)
+        out.append((a, b))
+    return out
+
+
+def _simulate_keys() -> set[str]:
+    from cryotune.data.simulate import simulate
+
+    return set(inspect.signature(simulate).parameters) - set(_SIMULATE_NOT_KEYS)
+
+
+def _datasets(value: Any) -> list[DatasetSpec]:
+    if value is None:
+        raise BadConfig("no dataset", "dataset",
+                        "give a store path or a simulate: block, e.g. dataset: data/rnap-32")
+    items = value if isinstance(value, list) else [value]
+    out: list[DatasetSpec] = []
+    for i, item in enumerate(items):
+        where = f"dataset[{i}]" if isinstance(value, list) else "dataset"
+        if isinstance(item, str):
+            item = {"path": item}
+        ds = from_dict(DatasetSpec, item, where)
+        if (ds.path is None) == (ds.simulate is None):
+            raise BadConfig("give exactly one of path and simulate", where,
+                            "write dataset: PATH or dataset: {simulate: {...}}")
+        if ds.simulate is None:
+            out.append(ds)
+            continue
+        known = _simulate_keys()
+        for key in ds.simulate:
+            if key not in known:
+                raise BadConfig(f"unknown key {key!r}", f"{where}.simulate.{key}",
+                                f"known keys: {', '.join(sorted(known))}")
+        for key in ("size", "n_train", "n_test"):
+            if key in ds.simulate:
+                n = check_value(ds.simulate[key], int, f"{where}.simulate.{key}")
+                if n < (16 if key == "size" else 1):
+                    raise BadConfig(f"{n} is too small", f"{where}.simulate.{key}",
+                                    "use size >= 16 and at least 1 image per split")
+        snrs = ds.simulate.get("snr")
+        if snrs is None:
+            raise BadConfig("a simulated dataset needs its SNR", f"{where}.simulate.snr",
+                            "add e.g. snr: 0.1 (or a list of values, an axis)")
+        for j, snr in enumerate(snrs if isinstance(snrs, list) else [snrs]):
+            at = f"{where}.simulate.snr" + (f"[{j}]" if isinstance(snrs, list) else "")
+            snr = check_value(snr, float, at)
+            if snr <= 0:
+                raise BadConfig(f"SNR {snr:g} is not positive", at, "use an SNR > 0, e.g. 0.1")
+            name = f"{ds.name}-snr{snr:g}" if ds.name and isinstance(snrs, list) else ds.name
+            out.append(DatasetSpec(simulate={**ds.simulate, "snr": snr}, name=name))
+    keys = [d.key for d in out]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise BadConfig(f"two datasets named {key!r}", "dataset",
+                            "give them distinct names: {path: ..., name: ...}")
+    return out
