@@ -25,9 +25,14 @@ is built in a temporary folder, so an error leaves nothing at ``out``.
 
 Example::
 
+    import numpy as np
     from cryotune.data.ingest import ingest
-    ingest("data/empiar-10028", particles="particles.star", references="projections.mrcs",
-           crop=256, test_fraction=0.05, seed=0, formats=("parquet",))
+    from cryotune.data.mrc import write_stack
+    clean = np.random.default_rng(0).random((100, 40, 40), dtype=np.float32)
+    write_stack("/tmp/clean.mrcs", clean, pixel_size=1.3)
+    write_stack("/tmp/noisy.mrcs", clean + np.float32(0.5), pixel_size=1.3)
+    ingest("/tmp/toy-ingest", particles="/tmp/noisy.mrcs", references="/tmp/clean.mrcs",
+           crop=32, test_fraction=0.1, seed=0, overwrite=True)
 """
 
 from __future__ import annotations

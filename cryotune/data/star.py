@@ -1,4 +1,4 @@
-"""RELION particle STAR files (3.0, 3.1, 4 and 5): reading and writing.
+r"""RELION particle STAR files (3.0, 3.1, 4 and 5): reading and writing.
 
 Parsing uses the ``starfile`` package; this module makes the dialects look alike:
 
@@ -30,11 +30,19 @@ Parsing uses the ``starfile`` package; this module makes the dialects look alike
 
 Example::
 
-    from cryotune.data.star import read_particles, write_particles, stack_image_names
-    table = read_particles("Refine3D/job020/run_data.star")
-    print(len(table), table.pixel_size, table.poses is not None)
-    names = stack_image_names("denoised.mrcs", len(table))    # 000001@denoised.mrcs, ...
-    write_particles("denoised.star", table, names)            # every other column kept
+    import numpy as np
+    from pathlib import Path
+    from cryotune.data.mrc import write_stack
+    from cryotune.data.star import read_particles, stack_image_names, write_particles
+    write_stack("/tmp/parts.mrcs", np.zeros((2, 32, 32), np.float32), pixel_size=1.0)
+    Path("/tmp/parts.star").write_text(
+        "data_optics\nloop_\n_rlnOpticsGroup #1\n_rlnImagePixelSize #2\n1 1.3\n"
+        "data_particles\nloop_\n_rlnImageName #1\n_rlnAngleRot #2\n_rlnAngleTilt #3\n"
+        "_rlnAnglePsi #4\n1@parts.mrcs 10 20 30\n2@parts.mrcs 40 50 60\n")
+    table = read_particles("/tmp/parts.star")
+    print(len(table), table.pixel_size, table.quaternions().shape)   # 2 1.3 (2, 4)
+    names = stack_image_names("/tmp/parts.mrcs", len(table), relative_to="/tmp")
+    write_particles("/tmp/copy.star", table, names)   # every other block and column kept
 """
 
 from __future__ import annotations

@@ -239,6 +239,12 @@ def _star(t, rows):
     return _file(t / "s.star", "data_\nloop_\n_rlnImageName #1\n" + "\n".join(rows) + "\n")
 
 
+def _cube(path):
+    with mrcfile.new(path) as m:  # a 3D map as mrcfile writes it: space group 1
+        m.set_data(np.ones((SIZE, SIZE, SIZE), np.float32))
+    return path
+
+
 # case -> (make(tmp_path, particles, references) -> (particles, references, kwargs), message)
 BAD_CASES = {
     "count": (lambda t, p, c: (write_stack(t / "short.mrcs", np.ones((N - 1, SIZE, SIZE)), 1.5),
@@ -249,6 +255,10 @@ BAD_CASES = {
             r"NaN or inf pixels.*p\.mrcs image 18 of 40"),
     "inf": (lambda t, p, c: (p, _poison(c, 3, np.inf), {}),
             r"NaN or inf pixels.*c\.mrcs image 4 of 40"),
+    "nan in star": (lambda t, p, c: (_star(t, [f"{i + 1}@{_poison(p, 17, np.nan).name}"
+                                               for i in range(N)]), c, {}),
+                    r"NaN or inf pixels.*s\.star row 18 \(18@.*p\.mrcs\)"),
+    "volume": (lambda t, p, c: (p, _cube(t / "map.mrc"), {}), r"3D volume.*map\.mrc.*--stack"),
     "crop": (lambda t, p, c: (p, c, {"crop": 21}), r"--crop 21 does not fit the 20x20"),
     "fraction": (lambda t, p, c: (p, c, {"test_fraction": 1.0}), r"outside \[0, 1\)"),
     "empty": (lambda t, p, c: (_file(t / "e.mrcs", b""), c, {}), r"empty.*e\.mrcs"),
