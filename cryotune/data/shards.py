@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = ["COLUMNS", "FORMATS", "META", "SCHEMA_VERSION", "SPLITS", "MrcShard",
-           "cryotune_version", "sha256", "table_to_numpy", "write_mrcs", "write_parquet"]
+           "cryotune_version", "numpy_to_table", "sha256", "table_to_numpy", "write_mrcs", "write_parquet"]
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "test")
@@ -60,16 +60,24 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_parquet(path: str | Path, columns: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    """Images as canonical ``arrow.fixed_shape_tensor`` float32 [H, W]; vectors as fixed-size lists.
+def numpy_to_table(columns: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> pa.Table:
+    """Store columns as an Arrow table: images (N, H, W) as canonical ``arrow.fixed_shape_tensor``
+    float32 [H, W], per-row vectors as fixed-size lists, scalars as plain columns.
 
     The canonical tensor type is read by plain pyarrow (``to_numpy_ndarray()``), by pandas (an
     object column of flat float32 arrays) and by ``ray.data.read_parquet``, which turns it
     into an (N, H, W) float32 numpy array, so no Ray-specific type is needed.
+
+    Args:
+        columns: name -> array.
+        metadata: schema metadata, stored under ``cryotune.<key>``.
+
+    Returns:
+        The table.
     """
     arrays, names = [], []
     for key, value in columns.items():
-        if key in ("clean", "noisy"):
+        if value.ndim == 3:
             arrays.append(pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(value)))
         elif value.ndim == 2:
             arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(value.reshape(-1)), value.shape[1]))
@@ -77,8 +85,14 @@ def write_parquet(path: str | Path, columns: dict[str, np.ndarray], metadata: di
             arrays.append(pa.array(value))
         names.append(key)
     table = pa.Table.from_arrays(arrays, names=names)
-    table = table.replace_schema_metadata({f"cryotune.{k}": v for k, v in metadata.items()})
-    pq.write_table(table, path)
+    if metadata:
+        table = table.replace_schema_metadata({f"cryotune.{k}": v for k, v in metadata.items()})
+    return table
+
+
+def write_parquet(path: str | Path, columns: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write one Parquet shard (see :func:`numpy_to_table` for the column types)."""
+    pq.write_table(numpy_to_table(columns, metadata), path)
 
 
 def write_mrcs(path: Path, images: np.ndarray, pixel_size: float) -> None:

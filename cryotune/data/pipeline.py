@@ -1,0 +1,287 @@
+"""The Ray Data pipeline: dataset store shards -> per-epoch shuffle -> contamination -> torch batches.
+
+One :class:`DataPipeline` serves a whole study. :meth:`DataPipeline.from_store` reads the store
+once in the driver and keeps the splits in Ray's object store when they fit (``materialize``);
+otherwise every epoch streams the shards again. Each trial then applies only its own order,
+contamination and batching on top, and nothing is copied to disk per trial.
+
+Epoch order. The store's shards are the unit Ray reads (one read task per shard, in a fixed
+block layout that depends only on the store). Epoch ``e`` of a trial with seed ``s`` visits the
+shards in a permutation drawn from ``(s, e)``, permutes the rows of each block with a generator
+seeded by ``(s, e, first id of the block)``, and mixes neighbouring blocks in a seeded local
+shuffle buffer. Execution keeps block order (``preserve_order``), so the order is a function of
+(store, s, e) alone: the same in the materialized and the streaming mode, in every rerun, and
+different from epoch to epoch; every train id appears exactly once per epoch.
+
+Example::
+
+    from cryotune._ray import init_ray
+    from cryotune.data.pipeline import DataPipeline
+    init_ray(num_cpus=2)
+    pipe = DataPipeline.from_store("data/rnap-32")
+    for noisy, clean in pipe.train_batches(0, batch_size=20, eps=0.1, kind="A", seed=0):
+        print(noisy.shape, clean.dtype)     # torch.Size([20, 1, 32, 32]) torch.float32
+        break
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cryotune._ray import QUIET_ENV
+
+# Ray Data reads some of these (RAY_DATA_USE_DATASOURCE_V2) when it is first imported.
+for _key, _value in QUIET_ENV.items():
+    os.environ.setdefault(_key, _value)
+
+import mrcfile  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import ray  # noqa: E402
+import ray.data  # noqa: E402
+from ray.data.block import BlockMetadata  # noqa: E402
+from ray.data.datasource import Datasource, ReadTask  # noqa: E402
+
+from cryotune.data.contamination import check, contaminate  # noqa: E402
+from cryotune.data.shards import MrcShard, numpy_to_table, table_to_numpy  # noqa: E402
+from cryotune.data.store import open_dataset  # noqa: E402
+from cryotune.errors import BadInput  # noqa: E402
+
+if TYPE_CHECKING:  # torch loads only where batches become tensors, not in Ray Data's workers
+    import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DataPipeline", "MrcPairDatasource"]
+
+TRAIN_COLUMNS = ("id", "noisy", "clean")
+# Rows of the seeded shuffle buffer that mixes neighbouring blocks (Ray's local shuffle).
+SHUFFLE_BUFFER_ROWS = 1024
+# Materialize when both splits take at most this share of the object store.
+OBJECT_STORE_SHARE = 0.5
+
+
+class MrcPairDatasource(Datasource):
+    """Ray Data source over MRC stack pairs: one read task per shard, read through memory maps.
+
+    Args:
+        shards: the shards, in the order to read them.
+        columns: columns to produce (clean/noisy from the stacks, the rest from the sidecars).
+        image_shape: (H, W), for size estimates.
+    """
+
+    def __init__(self, shards: list[MrcShard], columns: tuple[str, ...], image_shape: tuple[int, int]):
+        super().__init__()
+        self._shards = list(shards)
+        self._columns = tuple(columns)
+        self._row_bytes = 4 * image_shape[0] * image_shape[1] * sum(c in ("clean", "noisy") for c in columns) + 64
+
+    def estimate_inmemory_data_size(self) -> int:
+        return sum(s.rows for s in self._shards) * self._row_bytes
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        tasks = []
+        for shard in self._shards:
+            meta = BlockMetadata(num_rows=shard.rows, size_bytes=shard.rows * self._row_bytes,
+                                 exec_stats=None, input_files=(str(shard.clean), str(shard.noisy), str(shard.meta)))
+            tasks.append(ReadTask(_MrcShardReader(shard, self._columns), meta,
+                                  per_task_row_limit=per_task_row_limit))
+        return tasks
+
+    def get_name(self) -> str:
+        return "MrcPairs"
+
+
+class _MrcShardReader:
+    """A picklable read function for one MRC shard."""
+
+    def __init__(self, shard: MrcShard, columns: tuple[str, ...]):
+        self.shard, self.columns = shard, columns
+
+    def __call__(self):
+        meta_columns = [c for c in self.columns if c not in ("clean", "noisy")]
+        out = table_to_numpy(pq.read_table(self.shard.meta, columns=meta_columns)) if meta_columns else {}
+        for key in ("clean", "noisy"):
+            if key in self.columns:
+                with mrcfile.mmap(getattr(self.shard, key), mode="r") as mrc:
+                    out[key] = np.array(mrc.data, dtype=np.float32)  # copy before the map closes
+        yield numpy_to_table({c: out[c] for c in self.columns})
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed % 2**64, epoch % 2**64, 0xE90C]).generate_state(1)[0])
+
+
+def _shuffle_and_contaminate(batch: dict, *, epoch_seed: int, eps: float, kind: str, seed: int,
+                             stats: dict) -> dict:
+    """One block: permute its rows (seeded by the epoch and its first id), then contaminate."""
+    ids = batch["id"]
+    if len(ids) == 0:
+        return batch
+    order = np.random.default_rng([epoch_seed, int(ids[0]) % 2**64]).permutation(len(ids))
+    noisy, clean, _ = contaminate(batch["noisy"][order], batch["clean"][order], ids[order],
+                                  eps=eps, kind=kind, seed=seed, stats=stats)
+    return {"id": ids[order], "noisy": noisy, "clean": clean}
+
+
+def _torch(x: np.ndarray) -> torch.Tensor:
+    """N x H x W numpy -> N x 1 x H x W float32 tensor (copying only read-only Arrow views)."""
+    import torch
+
+    x = np.asarray(x, dtype=np.float32)
+    return torch.from_numpy(x if x.flags.writeable else x.copy()).unsqueeze(1)
+
+
+def _stack(x: np.ndarray) -> np.ndarray:
+    """Ray gives fixed-size list columns as object arrays of rows: stack them to (N, k)."""
+    return np.stack(list(x)) if x.dtype == object else x
+
+
+class DataPipeline:
+    """The train and test streams of one dataset store; picklable, for Ray Tune trials.
+
+    Build it with :meth:`from_store`. It holds the store's manifest, the shard lists and, when
+    materialized, the ``ray.data`` datasets whose blocks live in the object store.
+    """
+
+    def __init__(self, path: Path, manifest: dict, fmt: str, shards: dict[str, list],
+                 materialized: dict[str, ray.data.Dataset] | None):
+        self.path = path
+        self.manifest = manifest
+        self.fmt = fmt
+        self.image_shape: tuple[int, int] = tuple(manifest["image_shape"])  # type: ignore[assignment]
+        self.stats: dict = dict(manifest["stats"])
+        self._shards = shards
+        self._materialized = materialized
+
+    @property
+    def materialized(self) -> bool:
+        """Whether the splits live in Ray's object store (else every epoch streams the shards)."""
+        return self._materialized is not None
+
+    @classmethod
+    def from_store(cls, path: str | Path, *, fmt: str = "auto", materialize: bool | None = None
+                   ) -> DataPipeline:
+        """Open a store, verify its checksums and (when it fits) load it into the object store.
+
+        Args:
+            path: the dataset folder.
+            fmt: "parquet", "mrc" or "auto" (Parquet when the store has it).
+            materialize: keep the splits in the object store; None decides by size (at most
+                half of the object store).
+
+        Returns:
+            The pipeline.
+        """
+        from cryotune._ray import init_ray
+
+        dataset = open_dataset(path, verify=True)
+        if fmt == "auto":
+            fmt = "parquet" if "parquet" in dataset.formats else "mrc"
+        if fmt not in dataset.formats:
+            raise BadInput(f"format {fmt!r} is not in this dataset ({', '.join(dataset.formats)})",
+                           str(dataset.path), f"use --format {' or '.join(dataset.formats)} or auto")
+        init_ray()
+        shards = {split: dataset.shard_files(split, fmt) for split in ("train", "test")}
+        pipe = cls(dataset.path.absolute(), dataset.manifest, fmt, shards, None)
+        if materialize is None:
+            h, w = pipe.image_shape
+            need = (dataset.count("train") + dataset.count("test")) * (8 * h * w + 64)
+            store = ray.cluster_resources().get("object_store_memory", 0)
+            materialize = need <= OBJECT_STORE_SHARE * store
+            log.info("dataset needs %.1f MB, object store %.1f MB: %s", need / 1e6, store / 1e6,
+                     "materialize" if materialize else "stream")
+        if materialize:
+            pipe._materialized = {
+                "train": pipe._read("train", TRAIN_COLUMNS, range(len(shards["train"]))).materialize(),
+                "test": pipe._read("test", pipe._test_columns(), range(len(shards["test"]))).materialize(),
+            }
+        return pipe
+
+    def _test_columns(self) -> tuple[str, ...]:
+        base = ("id", "noisy", "clean", "conformation", "rotation", "shift")
+        return base + (("defocus",) if self.manifest.get("has_defocus") else ())
+
+    def _read(self, split: str, columns: tuple[str, ...], order) -> ray.data.Dataset:
+        """The shards of ``split`` in ``order`` (shard indices), one read task per shard."""
+        shards = [self._shards[split][i] for i in order]
+        if not shards:
+            raise BadInput(f"the {split} split is empty", str(self.path), "re-create the dataset with a non-empty split")
+        if self.fmt == "parquet":
+            ds = ray.data.read_parquet([str(p) for p in shards], columns=list(columns),
+                                       override_num_blocks=len(shards))
+        else:
+            ds = ray.data.read_datasource(MrcPairDatasource(shards, columns, self.image_shape),
+                                          override_num_blocks=len(shards))
+        ds.context.execution_options.preserve_order = True
+        return ds
+
+    def _train_epoch(self, epoch_seed: int) -> ray.data.Dataset:
+        """The train split with its shards in the epoch's order."""
+        order = np.random.default_rng(epoch_seed).permutation(len(self._shards["train"]))
+        if self._materialized is None:
+            return self._read("train", TRAIN_COLUMNS, order)
+        # Read tasks are one per shard and keep their order, so the materialized blocks fall
+        # into shards by their row counts.
+        rows = [s["rows"] for s in self.manifest["splits"]["train"]["shards"]]
+        by_shard: list[list] = [[] for _ in rows]
+        shard, filled = 0, 0
+        for bundle in self._materialized["train"].iter_internal_ref_bundles():
+            for entry in bundle.blocks:
+                by_shard[shard].append(entry.ref)
+                filled += entry.metadata.num_rows
+                if filled >= rows[shard]:
+                    shard, filled = shard + 1, 0
+        ds = ray.data.from_arrow_refs([ref for i in order for ref in by_shard[i]])
+        ds.context.execution_options.preserve_order = True
+        return ds
+
+    def train_batches(self, epoch: int, *, batch_size: int, eps: float = 0.0, kind: str = "none",
+                      seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled, contaminated training pairs.
+
+        Args:
+            epoch: the epoch number (0-based); with ``seed`` it fixes the order.
+            batch_size: images per batch (the last batch may be smaller).
+            eps: contamination rate in [0, 1].
+            kind: contamination type "none", "A", "B" or "C".
+            seed: the trial's seed (order and contamination).
+
+        Yields:
+            (noisy, clean) float32 tensors N x 1 x H x W.
+        """
+        for batch in self.train_arrays(epoch, batch_size=batch_size, eps=eps, kind=kind, seed=seed):
+            yield _torch(batch["noisy"]), _torch(batch["clean"])
+
+    def train_arrays(self, epoch: int, *, batch_size: int, eps: float = 0.0, kind: str = "none",
+                     seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """As :meth:`train_batches`, as numpy dicts with the ids (id, noisy, clean)."""
+        check(eps, kind)
+        epoch_seed = _epoch_seed(seed, epoch)
+        ds = self._train_epoch(epoch_seed).map_batches(
+            _shuffle_and_contaminate, batch_format="numpy", batch_size=None,
+            fn_kwargs=dict(epoch_seed=epoch_seed, eps=float(eps), kind=kind, seed=seed, stats=self.stats))
+        yield from ds.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                   local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
+                                   local_shuffle_seed=epoch_seed)
+
+    def _test(self) -> ray.data.Dataset:
+        if self._materialized is not None:
+            return self._materialized["test"]
+        return self._read("test", self._test_columns(), range(len(self._shards["test"])))
+
+    def test_batches(self, *, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The test split in its stored order, never contaminated: (noisy, clean) N x 1 x H x W."""
+        for batch in self._test().iter_batches(batch_size=batch_size, batch_format="numpy"):
+            yield _torch(batch["noisy"]), _torch(batch["clean"])
+
+    def test_arrays(self) -> dict[str, np.ndarray]:
+        """The whole test split in stored order: id, noisy, clean, conformation, rotation, shift
+        (and defocus when the store has it)."""
+        parts = list(self._test().iter_batches(batch_size=None, batch_format="numpy"))
+        return {c: np.concatenate([_stack(p[c]) for p in parts]) for c in self._test_columns()}
