@@ -204,9 +204,6 @@ class _Reader:
                            _FIX_STAR)
         return rows
 
-    def has(self, col: str) -> bool:
-        return col in self.df.columns or (self.optics is not None and col in self.optics.columns)
-
     def column(self, col: str) -> np.ndarray | None:
         """Per-particle float values: the particle's column, else its optics group's."""
         if col in self.df.columns:
@@ -229,16 +226,15 @@ def _pick_blocks(path: Path, blocks: dict) -> tuple[str, pd.DataFrame | None]:
 
 
 def _pixel_sizes(reader: _Reader) -> np.ndarray:
-    for col in ("rlnImagePixelSize", "rlnPixelSize"):
-        if reader.has(col):
-            sizes = reader.column(col)
-            break
-    else:
-        if not (reader.has("rlnDetectorPixelSize") and reader.has("rlnMagnification")):
+    sizes = reader.column("rlnImagePixelSize")
+    if sizes is None:
+        sizes = reader.column("rlnPixelSize")
+    if sizes is None:
+        detector, mag = reader.column("rlnDetectorPixelSize"), reader.column("rlnMagnification")
+        if detector is None or mag is None:
             return np.full(len(reader.df), np.nan)
-        mag = reader.column("rlnMagnification")
         with np.errstate(divide="ignore", invalid="ignore"):
-            sizes = reader.column("rlnDetectorPixelSize") * 1e4 / mag
+            sizes = detector * 1e4 / mag  # micrometre -> Angstrom at the specimen
     return np.where(np.isfinite(sizes) & (sizes > 0), sizes, np.nan)
 
 
@@ -288,9 +284,8 @@ def _images(reader: _Reader) -> tuple[list[Path], np.ndarray, np.ndarray]:
 
 
 def _pair(reader: _Reader, x: str, y: str) -> np.ndarray | None:
-    if not (reader.has(x) and reader.has(y)):
-        return None
-    return np.stack([reader.column(x), reader.column(y)], axis=1)
+    x, y = reader.column(x), reader.column(y)
+    return None if x is None or y is None else np.stack([x, y], axis=1)
 
 
 def _shifts(reader: _Reader, pixel_sizes: np.ndarray, pixel_size: float | None):
@@ -310,12 +305,12 @@ def _ctf(reader: _Reader) -> tuple[np.ndarray | None, dict | None]:
     defocus = _pair(reader, "rlnDefocusU", "rlnDefocusV")
     if defocus is None:
         return None, None
-    angle = reader.column("rlnDefocusAngle") if reader.has("rlnDefocusAngle") else None
+    angle = reader.column("rlnDefocusAngle")
     defocus = np.column_stack([defocus, np.zeros(len(defocus)) if angle is None else angle])
     params = {}
     for key, col in (("voltage_kv", "rlnVoltage"), ("cs_mm", "rlnSphericalAberration"),
                      ("amplitude_contrast", "rlnAmplitudeContrast")):
-        values = reader.column(col) if reader.has(col) else None
+        values = reader.column(col)
         if values is None:
             log.info("%s: no %s; CTF parameters not recorded", reader.path, col)
             return defocus, None
@@ -358,8 +353,7 @@ def read_particles(star_path: str | Path, *, pixel_size: float | None = None) ->
     reader = _Reader(path, name, particles, optics)
     stacks, stack_ids, indices = _images(reader)
     sizes = _pixel_sizes(reader)
-    angles = [reader.column(c) if reader.has(c) else None
-              for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
+    angles = [reader.column(c) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
     poses = None if any(a is None for a in angles) else np.stack(angles, axis=1)
     defocus, ctf = _ctf(reader)
     with open(path, errors="replace") as f:
