@@ -250,8 +250,8 @@ class Trainer:
         if bad:
             last = self.history[-1] if self.history else {}
             raise Diverged(f"non-finite {what} ({', '.join(f'{k}={values[k]}' for k in bad)})",
-                           f"epoch {epoch}", "lower the learning rates (lr_g, lr_d) or use "
-                           "lambda > 0", epoch=epoch, last_metrics=last)
+                           f"epoch {epoch}", "lower the learning rates lr_g and lr_d",
+                           epoch=epoch, last_metrics=last)
 
     # -- inference --------------------------------------------------------------------------
     @torch.inference_mode()
