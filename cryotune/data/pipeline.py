@@ -213,6 +213,10 @@ class DataPipeline:
         if not shards:
             raise BadInput(f"the {split} split is empty", str(self.path), "re-create the dataset with a non-empty split")
         if self.fmt == "parquet":
+            # Honour RAY_DATA_USE_DATASOURCE_V2 (0 from QUIET_ENV) even when Ray Data was
+            # imported before this module set it.
+            ray.data.DataContext.get_current().use_datasource_v2 = (
+                os.environ.get("RAY_DATA_USE_DATASOURCE_V2", "0") != "0")
             ds = ray.data.read_parquet([str(p) for p in shards], columns=list(columns),
                                        override_num_blocks=len(shards))
         else:
