@@ -1,4 +1,4 @@
-"""3D reconstruction from images with known poses (direct Fourier inversion), and its CTF model.
+"""3D reconstruction from images with known poses: direct Fourier inversion.
 
 :func:`reconstruct` inverts the central-slice theorem. With the pose convention of
 :mod:`cryotune.data.geometry` (the image is the projection along z of ``R @ r``), the 2D Fourier
@@ -16,16 +16,21 @@ cropped, and the real-space apodisation of the gridding kernel is divided out (`
 trilinear, ``sinc`` for nearest, argument ``x / (pad * n)``). The volume has the same scale as
 the images: an image is the sum over z of the volume's voxels.
 
-Padding: 2 by default. Measured on 2,000 clean views of a Gaussian-blob volume at 32 px (see
-``tests/validate/test_reconstruct.py``), padding 2 gives FSC against the truth >= 0.99 to 3/4
-of Nyquist where padding 1 loses accuracy from the interpolation error of the coarser grid; it
-costs about 4x the insertion work (``benchmarks/reconstruct_throughput.py``).
+Padding: 2 by default, chosen by measurement. On 2,000 exact views of a Gaussian-blob molecule
+at 32 px (``tests/validate/test_reconstruct.py``), the relative error against the rendered
+truth is 17.6% with padding 1, 2.0% with padding 2 and 0.9% with padding 3 (trilinear); FSC
+against the truth stays >= 0.99 to 12/16 of Nyquist with padding 2 (10/16 with padding 1).
+Padding 2 costs about 4x the gridding work of padding 1 (four times the Fourier samples per
+image) and 8x the grid memory (``benchmarks/reconstruct_throughput.py`` has the rates). The
+``sinc^2`` correction halves the error at padding 2 (4.1% without) but slightly over-corrects
+the lowest frequencies, which every view samples: the total mass comes out about 2% high.
 
 Shifts follow RELION (``rlnOriginX/Y``; ``rlnOriginX/YAngst`` divided by the pixel size): the
 origin is the translation that moves the particle to the box centre, i.e. the particle sits at
 ``-origin`` in the recorded image, and reconstruction translates each image by ``+origin``:
-``F(k) *= exp(-2 pi i k . origin / N)``, as RELION's ``shiftImageInFourierTransform(F, F, N,
-originX, originY)`` does in ``relion_reconstruct``.
+``F(k) *= exp(-2 pi i k . origin)`` with ``k`` in cycles per pixel, as RELION's
+``shiftImageInFourierTransform(F, F, N, originX, originY)`` does in ``relion_reconstruct``
+(and as :mod:`cryotune.data.star` documents for ``shifts_px``).
 
 CTF: the simulator's :func:`cryotune.data.simulate.ctf_2d` (RELION's ``CTF::getCTF``, positive
 at low frequency, defocus U/V/angle as in ``rlnDefocusU/V/Angle``), evaluated on the padded
