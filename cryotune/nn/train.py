@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -98,6 +99,7 @@ class Trainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         if config.deterministic:  # process-wide, as torch offers it
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         self.device = resolve_device(config.device)
@@ -291,26 +293,32 @@ class Trainer:
         }, path)
 
     @classmethod
-    def load_checkpoint(cls, path: str | Path, *, device: str | None = None) -> Trainer:
+    def load_checkpoint(cls, path: str | Path, *, device: str | None = None,
+                        config: TrainConfig | None = None) -> Trainer:
         """Rebuild a trainer from :meth:`save_checkpoint`'s file, RNG states included.
 
         Args:
             path: the checkpoint (``model.pt``, ``checkpoint.pt``).
             device: override the stored device (``auto``, ``cpu``, ``cuda``).
+            config: run with this config instead of the stored one; it may differ only in
+                :data:`RUNTIME_FIELDS` (epochs, device, threads, ...).
 
         Raises:
             BadInput: when the file is missing or not a cryotune checkpoint.
+            BadConfig: when ``config`` differs from the stored one in another field.
         """
         ckpt = read_checkpoint(path)
-        stored = dict(ckpt["config"])
-        if device is not None:
-            stored["device"] = device
         try:
-            config = from_dict(TrainConfig, stored, "config")
+            stored = from_dict(TrainConfig, ckpt["config"], "config")
         except BadConfig as err:
             raise BadInput(f"checkpoint config is not valid here ({err.what})", str(path),
                            "rewrite it with this cryotune version") from None
-        trainer = cls(config, tuple(ckpt["image_shape"]))
+        if config is not None:
+            _check_resumable(stored, config, Path(path))
+            stored = config
+        if device is not None:
+            stored = dataclasses.replace(stored, device=device)
+        trainer = cls(stored, tuple(ckpt["image_shape"]))
         trainer.generator.load_state_dict(ckpt["generator"])
         trainer.opt_g.load_state_dict(ckpt["opt_g"])
         if trainer.discriminator is not None:
@@ -361,9 +369,7 @@ def train(config: TrainConfig,
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     trainer = None
     if resume and path is not None and path.exists():
-        trainer = Trainer.load_checkpoint(path, device=config.device)
-        _check_resumable(trainer.config, config, path)
-        trainer.config = config
+        trainer = Trainer.load_checkpoint(path, config=config)
         log.info("resumed %s at epoch %d", path, trainer.epoch)
     for epoch in range(trainer.epoch if trainer else 0, config.epochs):
         batches = iter(train_batches(epoch))

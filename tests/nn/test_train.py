@@ -226,3 +226,21 @@ def test_config_defaults_are_the_papers():
            (1e-3, 1e-2, 20, 1, 2, 10.0, 10.0, "resnet")
     assert TrainConfig(method="l2_ae", p=1).loss_p == 2
     assert TrainConfig(method="wgan_gp").critic_norm == "layer"
+
+
+def test_bf16_channels_last_and_threads_run_on_cpu(blobs):
+    noisy, clean = blobs
+    cfg = TrainConfig(method="wgan_gp", width=4, bf16=True, channels_last=True, num_threads=1)
+    trainer = Trainer(cfg, (SIZE, SIZE))
+    assert torch.get_num_threads() == 1
+    train_batches, test_batches = _loaders(noisy, clean)
+    got = {**trainer.train_epoch(train_batches(0)), **trainer.evaluate(test_batches())}
+    assert all(np.isfinite(v) for v in got.values())
+    assert trainer.denoise(noisy[:3]).dtype == np.float32
+
+
+def test_cuda_without_cuda_is_a_config_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BadConfig, match="CUDA is not available"):
+        Trainer(TrainConfig(device="cuda", width=4), (SIZE, SIZE))
