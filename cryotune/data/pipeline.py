@@ -47,7 +47,7 @@ from ray.data.block import BlockMetadata  # noqa: E402
 from ray.data.datasource import Datasource, ReadTask  # noqa: E402
 
 from cryotune.data.contamination import check, contaminate  # noqa: E402
-from cryotune.data.shards import MrcShard, numpy_to_table, table_to_numpy  # noqa: E402
+from cryotune.data.shards import MrcShard, empty_columns, numpy_to_table, table_to_numpy  # noqa: E402
 from cryotune.data.store import open_dataset  # noqa: E402
 from cryotune.errors import BadInput  # noqa: E402
 
@@ -199,8 +199,10 @@ class DataPipeline:
         if materialize:
             pipe._materialized = {
                 "train": pipe._read("train", TRAIN_COLUMNS, range(len(shards["train"]))).materialize(),
-                "test": pipe._read("test", pipe._test_columns(), range(len(shards["test"]))).materialize(),
             }
+            if shards["test"]:
+                pipe._materialized["test"] = pipe._read("test", pipe._test_columns(),
+                                                        range(len(shards["test"]))).materialize()
         return pipe
 
     def _test_columns(self) -> tuple[str, ...]:
@@ -240,6 +242,8 @@ class DataPipeline:
                 by_shard[shard].append(entry.ref)
                 filled += entry.metadata.num_rows
                 if filled >= rows[shard]:
+                    if filled > rows[shard]:  # one read task per shard makes this impossible
+                        raise RuntimeError(f"a materialized block spans train shards {shard} and {shard + 1}")
                     shard, filled = shard + 1, 0
         ds = ray.data.from_arrow_refs([ref for i in order for ref in by_shard[i]])
         ds.context.execution_options.preserve_order = True
@@ -274,18 +278,27 @@ class DataPipeline:
                                    local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
                                    local_shuffle_seed=epoch_seed)
 
-    def _test(self) -> ray.data.Dataset:
+    def _test(self) -> ray.data.Dataset | None:
+        """The test split in stored order; None when it is empty."""
+        if not self._shards["test"]:
+            return None
         if self._materialized is not None:
             return self._materialized["test"]
         return self._read("test", self._test_columns(), range(len(self._shards["test"])))
 
     def test_batches(self, *, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The test split in its stored order, never contaminated: (noisy, clean) N x 1 x H x W."""
-        for batch in self._test().iter_batches(batch_size=batch_size, batch_format="numpy"):
+        test = self._test()
+        if test is None:
+            return
+        for batch in test.iter_batches(batch_size=batch_size, batch_format="numpy"):
             yield _torch(batch["noisy"]), _torch(batch["clean"])
 
     def test_arrays(self) -> dict[str, np.ndarray]:
         """The whole test split in stored order: id, noisy, clean, conformation, rotation, shift
         (and defocus when the store has it)."""
-        parts = list(self._test().iter_batches(batch_size=None, batch_format="numpy"))
+        test = self._test()
+        if test is None:
+            return empty_columns(self._test_columns(), self.image_shape)
+        parts = list(test.iter_batches(batch_size=None, batch_format="numpy"))
         return {c: np.concatenate([_stack(p[c]) for p in parts]) for c in self._test_columns()}

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = ["COLUMNS", "FORMATS", "META", "SCHEMA_VERSION", "SPLITS", "MrcShard",
-           "cryotune_version", "numpy_to_table", "sha256", "table_to_numpy", "write_mrcs", "write_parquet"]
+           "cryotune_version", "empty_columns", "numpy_to_table", "sha256", "table_to_numpy", "write_mrcs", "write_parquet"]
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "test")
@@ -30,6 +30,18 @@ FORMATS = ("parquet", "mrc")
 META = {"id": (np.int64, None), "conformation": (np.int32, None), "rotation": (np.float32, 4),
         "shift": (np.float32, 2), "defocus": (np.float32, 3)}
 COLUMNS = ("id", "clean", "noisy", "conformation", "rotation", "shift", "defocus")
+
+
+def empty_columns(columns, image_shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Zero-row arrays of the store's dtypes and shapes for ``columns``."""
+    out = {}
+    for c in columns:
+        if c in ("clean", "noisy"):
+            out[c] = np.empty((0, *image_shape), np.float32)
+        else:
+            dtype, width = META[c]
+            out[c] = np.empty((0,) if width is None else (0, width), dtype)
+    return out
 
 
 class MrcShard(NamedTuple):

@@ -33,10 +33,10 @@ import pyarrow.parquet as pq
 
 from cryotune.data.shards import (
     COLUMNS,
-    META,
     SCHEMA_VERSION,
     SPLITS,
     MrcShard,
+    empty_columns,
     sha256,
     table_to_numpy,
 )
@@ -149,16 +149,6 @@ class Dataset:
             raise BadInput(f"unknown column {unknown[0]!r}", str(self.path), f"use any of {', '.join(available)}")
         return columns
 
-    def _empty(self, columns) -> dict[str, np.ndarray]:
-        out = {}
-        for c in columns:
-            if c in ("clean", "noisy"):
-                out[c] = np.empty((0, *self.image_shape), np.float32)
-            else:
-                dtype, width = META[c]
-                out[c] = np.empty((0,) if width is None else (0, width), dtype)
-        return out
-
     def read(self, split: str, columns=None, *, start: int = 0, stop: int | None = None,
              fmt: str | None = None) -> dict[str, np.ndarray]:
         """Rows ``start:stop`` of a split as numpy arrays.
@@ -181,7 +171,7 @@ class Dataset:
                 parts.append(self._read_shard(shard, fmt, columns, lo, hi))
             offset += shard["rows"]
         if not parts:
-            return self._empty(columns)
+            return empty_columns(columns, self.image_shape)
         if len(parts) == 1:
             return {c: parts[0][c] for c in columns}
         return {c: np.concatenate([p[c] for p in parts]) for c in columns}

@@ -135,13 +135,19 @@ def test_bad_contamination_config(pipelines, eps, kind):
         next(pipelines["parquet", False].train_batches(0, batch_size=4, eps=eps, kind=kind))
 
 
-def test_bad_store(tmp_path, store, ray_session):
+def test_empty_test_split_and_bad_store(tmp_path, ray_session):
     from cryotune.data.pipeline import DataPipeline
 
     x = np.zeros((3, *SHAPE), np.float32)
     with DatasetWriter(tmp_path / "p", name="p", kind="simulated", image_shape=SHAPE, pixel_size=1.0) as w:
         w.add("train", id=np.arange(3), clean=x, noisy=x)
         w.commit()
+    for materialize in (True, False):
+        pipe = DataPipeline.from_store(tmp_path / "p", materialize=materialize)
+        assert list(pipe.test_batches(batch_size=2)) == []
+        arrays = pipe.test_arrays()
+        assert arrays["noisy"].shape == (0, *SHAPE) and arrays["rotation"].shape == (0, 4)
+        assert sorted(epoch_ids(pipe, 0)) == [0, 1, 2]
     with pytest.raises(BadInput, match="format 'mrc' is not in this dataset"):
         DataPipeline.from_store(tmp_path / "p", fmt="mrc")
     shard = open_dataset(tmp_path / "p").shard_files("train", "parquet")[0]
