@@ -104,7 +104,9 @@ def numpy_to_table(columns: dict[str, np.ndarray], metadata: dict[str, str] | No
 
 def write_parquet(path: str | Path, columns: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
     """Write one Parquet shard (see :func:`numpy_to_table` for the column types)."""
-    pq.write_table(numpy_to_table(columns, metadata), path)
+    # Dictionary encoding only pays for the small-integer column; on float pixels it made
+    # writes 3x slower and files 15% larger.
+    pq.write_table(numpy_to_table(columns, metadata), path, use_dictionary=["conformation"])
 
 
 def write_mrcs(path: Path, images: np.ndarray, pixel_size: float) -> None:
