@@ -3,9 +3,9 @@
 The images are modelled as y = x + e with x ~ N(mu, C) and white noise e ~ N(0, sigma^2 I).
 From the noisy stack itself:
 
-1. mu and the sample covariance S of the (flattened) images, through the eigendecomposition
-   of the smaller of the covariance and the Gram matrix (so 128 px images with n < p pixels
-   stay cheap); at most ``max_images`` images, drawn at random, enter this estimate;
+1. mu from every image, and the sample covariance S of the (flattened) images from at most
+   ``max_images`` of them, drawn at random, through the eigendecomposition of the smaller of
+   the covariance and the Gram matrix (so 128 px images with n < p pixels stay cheap);
 2. sigma^2 when not given: the median eigenvalue of S matched to the median of the
    Marchenko-Pastur law (Gavish & Donoho 2014), since nearly all of S's spectrum is noise;
 3. the eigenvalues above the Marchenko-Pastur edge sigma^2 (1 + sqrt(p / n))^2 are shrunk to
@@ -126,14 +126,13 @@ class CovarianceWiener(Baseline):
             raise BadInput("a covariance needs at least 2 images", "noisy",
                            "pass a stack of several images")
         flat = stack.reshape(n, -1)
+        mean = flat.mean(axis=0, dtype=np.float64)  # cheap: always from every image
         if n > self.max_images:
             pick = np.random.default_rng(self.seed).choice(n, self.max_images, replace=False)
             flat = flat[np.sort(pick)]
-        data = flat.astype(np.float64)
-        mean = data.mean(axis=0)
-        data -= mean
+        data = flat.astype(np.float64) - mean
         m, p = data.shape
-        dof = m - 1  # the mean took one degree of freedom
+        dof = m - 1 if m == n else m  # a mean from these very images took one degree of freedom
         if dof <= p:  # Gram route: eigenvalues of data data^T share S's nonzero ones
             values, vectors = np.linalg.eigh(data @ data.T)
             values, vectors = values[::-1][:dof] / dof, vectors[:, ::-1][:, :dof]
