@@ -19,6 +19,7 @@ from cryotune.errors import CryotuneError
 COMMANDS = (
     "simulate",
     "ingest",
+    "inspect",
     "train",
     "denoise",
     "baselines",
