@@ -8,10 +8,11 @@ The dictionary is learned on the noisy stack itself, which is how K-SVD denoisin
    ||x - D a||^2 <= 64 (C sigma)^2 (C = 1.15), then each atom used by some patch becomes the
    first left singular vector of the residual restricted to those patches, with its
    coefficients the matching row (the rank-1 SVD update, which never increases the residual).
-3. Code the patches of every image on a grid of the given ``stride`` (1 = every patch, the best
-   quality; 2 = a quarter of them, the default; 4 = the fast one), add the DC back and average the overlapping
-   estimates together with the noisy image weighted by lambda = 30 / sigma (Elad & Aharon's
-   value on a 0-255 scale, i.e. 30 / (255 sigma) for our [0, 1] images).
+3. Code the patches of every image on a grid of the given ``stride`` (1 = every patch, the
+   best quality; 2 = a quarter of them, the default; 4 = the fast one), add the DC back and
+   average the overlapping estimates together with the noisy image weighted by
+   lambda = 30 / sigma (Elad & Aharon's value on a 0-255 scale, i.e. 30 / (255 sigma) for our
+   [0, 1] images).
 
 Example::
 
@@ -171,13 +172,17 @@ class KSVD(Baseline):
     licence_note = ("cryotune's own K-SVD (MIT) on scikit-learn's orthogonal matching pursuit "
                     "(BSD-3-Clause).")
 
-    stride: int = dataclasses.field(default=2, metadata={"range": (1, PATCH)})  # 1: best, 4x slower; 4: fast
+    # patch grid step when denoising: 1 is best and 4x slower than 2; 4 is 4x faster than 2
+    stride: int = dataclasses.field(default=2, metadata={"range": (1, PATCH)})
     atoms: int = dataclasses.field(default=256, metadata={"choices": (64, 144, 256, 400)})
-    iterations: int = dataclasses.field(default=10, metadata={"range": (0, 100)})  # Elad & Aharon: 10
-    train_patches: int = dataclasses.field(default=4000, metadata={"range": (1, None)})  # learning sample; 10000 is no better
-    c: float = dataclasses.field(default=1.15, metadata={"range": (0.1, 10.0)})  # error-bound gain C
-    lam: float | None = dataclasses.field(default=None, metadata={"range": (0.0, None)})  # None: 30/(255 sigma)
-    seed: int = dataclasses.field(default=0, metadata={"range": (0, None)})  # patch sample
+    # Elad & Aharon's 10 passes; on particle stacks 0 (the plain DCT) is close behind
+    iterations: int = dataclasses.field(default=10, metadata={"range": (0, 100)})
+    # patches sampled to learn the dictionary; 10000 denoised no better in our trials
+    train_patches: int = dataclasses.field(default=4000, metadata={"range": (1, None)})
+    c: float = dataclasses.field(default=1.15, metadata={"range": (0.1, 10.0)})  # error-bound gain
+    # weight of the noisy image in the final average; None = 30 / (255 sigma)
+    lam: float | None = dataclasses.field(default=None, metadata={"range": (0.0, None)})
+    seed: int = dataclasses.field(default=0, metadata={"range": (0, None)})  # the patch sample
 
     def learn(self, stack: np.ndarray, sigma: float) -> np.ndarray:
         """The dictionary K-SVD learns from a random sample of the stack's patches.

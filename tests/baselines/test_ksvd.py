@@ -125,4 +125,4 @@ def test_lowers_mse(blobs, mse, size, known):
     ksvd = KSVD(iterations=3, train_patches=2000)
     out = ksvd.denoise(noisy, sigma=sigma if known else None)
     assert out.shape == noisy.shape and out.dtype == np.float32
-    assert mse(out, clean) < 0.4 * mse(noisy, clean)
+    assert mse(out, clean) < 0.25 * mse(noisy, clean)

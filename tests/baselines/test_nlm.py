@@ -25,7 +25,7 @@ def test_lowers_mse(blobs, mse, size, known):
     clean, noisy = blobs(24, size, sigma, seed=size)
     out = NLMeans().denoise(noisy.astype(np.float64), sigma=sigma if known else None)
     assert out.shape == noisy.shape and out.dtype == np.float32
-    assert mse(out, clean) < 0.4 * mse(noisy, clean)
+    assert mse(out, clean) < 0.25 * mse(noisy, clean)
 
 
 def test_is_scikit_image_non_local_means_per_image(blobs):
