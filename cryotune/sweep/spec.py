@@ -78,7 +78,7 @@ _OWN_PLACE = {
     "checkpoint_every": "the top-level checkpoint_every key",
 }
 # keys of simulate() that are not dataset parameters
-_SIMULATE_NOT_KEYS = ("out", "overwrite", "progress")
+_SIMULATE_NOT_KEYS = ("out", "overwrite", "progress", "command")
 
 
 def _f(default: Any, **metadata: Any) -> Any:
@@ -533,6 +533,17 @@ def _datasets(value: Any) -> list[DatasetSpec]:
             if key not in known:
                 raise BadConfig(f"unknown key {key!r}", f"{where}.simulate.{key}",
                                 f"known keys: {', '.join(sorted(known))}")
+        ctf = ds.simulate.get("ctf")
+        if ctf is True or isinstance(ctf, Mapping):  # true: the default microscope
+            from cryotune.data.simulate import CTFParams
+
+            ds.simulate["ctf"] = dataclasses.asdict(
+                from_dict(CTFParams, {} if ctf is True else ctf, f"{where}.simulate.ctf"))
+        elif ctf not in (None, False):
+            raise BadConfig(f"expected true, false or a mapping, got {ctf!r}",
+                            f"{where}.simulate.ctf", "write ctf: true or ctf: {voltage_kv: 300}")
+        else:
+            ds.simulate.pop("ctf", None)
         for key in ("size", "n_train", "n_test"):
             if key in ds.simulate:
                 n = check_value(ds.simulate[key], int, f"{where}.simulate.{key}")

@@ -1,0 +1,265 @@
+"""Driver-side recording: every ended trial becomes a row of the study store, live.
+
+:class:`StudyRecorder` is a Ray Tune callback. When a trial ends (finished, stopped early by
+ASHA, diverged, or errored) it writes the trial's row and per-epoch history with
+:meth:`cryotune.results.StudyStore.record_trial`, and its gallery with ``write_array``. The
+history is the union of the trial's last checkpoint (``history.json``, which survives worker
+restarts and driver restarts) and the results this driver saw after it; an epoch seen twice
+keeps its last record.
+
+Tune pickles its callbacks into the experiment state, and a restored run uses the pickled
+copy. The recorder therefore keeps nothing itself: it forwards to the :class:`Session` that
+:func:`cryotune.sweep.run.run_sweep` opens for the duration of one ``fit()``.
+
+Example::
+
+    with Session(store, metric="test_mse", mode="min", epochs=10, total=6) as session:
+        tuner = tune.Tuner(..., run_config=tune.RunConfig(callbacks=[StudyRecorder()]))
+        tuner.fit()
+    print(session.counts)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from ray import tune
+
+from cryotune.errors import CryotuneError
+from cryotune.results import StudyStore, finite_or_none
+from cryotune.sweep.trainable import GALLERY_FILE, HISTORY_FILE
+
+__all__ = ["Progress", "Session", "StudyRecorder", "trial_row"]
+
+log = logging.getLogger(__name__)
+
+# reported values that are bookkeeping, not metrics
+_BOOKKEEPING = {"diverged", "error", "node_id", "started_at", "ended_at", "resumed_from"}
+_NOT_METRICS = _BOOKKEEPING | {"epoch", "test_images"}
+# Tune's own result keys
+_TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "training_iteration",
+              "trial_id", "date", "time_this_iter_s", "time_total_s", "pid", "hostname",
+              "node_ip", "config", "time_since_restore", "iterations_since_restore",
+              "experiment_tag"}
+_ACTIVE: Session | None = None
+
+
+@dataclass
+class Progress:
+    """What the live view shows: trial counts by state, the best trial so far, elapsed time."""
+
+    total: int
+    finished: int = 0
+    running: int = 0
+    pending: int = 0
+    failed: int = 0
+    best: tuple[float, str, dict] | None = None  # (metric value, trial id, trial config)
+    elapsed: float = 0.0
+    ended: list[dict] = field(default_factory=list)  # rows recorded since the last update
+
+
+class Session:
+    """One ``fit()``'s live state: the study store, the history seen, the counts.
+
+    Args:
+        store: the study store to record into.
+        metric, mode: the study's metric (for ``best_<metric>`` and the best trial).
+        epochs: epochs per trial (a trial that ended earlier without diverging was stopped).
+        total: trials in the study.
+        on_progress: called with a :class:`Progress` at most twice a second and at each end.
+        recorded: trial ids already in the study's table (a resumed study).
+    """
+
+    def __init__(self, store: StudyStore, *, metric: str, mode: str, epochs: int, total: int,
+                 on_progress: Callable[[Progress], None] | None = None,
+                 recorded: Iterable[str] = ()):
+        self.store, self.metric, self.mode, self.epochs = store, metric, mode, epochs
+        self.progress = Progress(total=total)
+        self.on_progress = on_progress
+        self.recorded = set(recorded)
+        self.statuses: dict[str, str] = {}
+        self._results: dict[str, list[dict]] = defaultdict(list)
+        self._start = time.monotonic()
+        self._shown = 0.0
+
+    def __enter__(self) -> Session:
+        global _ACTIVE
+        _ACTIVE = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _ACTIVE
+        _ACTIVE = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for status in self.statuses.values():
+            out[status] += 1
+        return dict(out)
+
+    # -- events -----------------------------------------------------------------------------
+    def result(self, trial: Any, result: Mapping[str, Any]) -> None:
+        self._results[trial.trial_id].append(dict(result))
+        value = finite_or_none(result.get(self.metric))
+        if value is not None and not result.get("diverged"):
+            best = self.progress.best
+            better = best is None or (value < best[0] if self.mode == "min" else value > best[0])
+            if better:
+                self.progress.best = (value, trial.trial_id, dict(trial.config.get("t", {})))
+
+    def ended(self, trial: Any, error: BaseException | str | None) -> None:
+        row, history = trial_row(
+            trial.trial_id, trial.config.get("t", {}), trial.last_result or {},
+            self._results.pop(trial.trial_id, []), trial.checkpoint, error,
+            metric=self.metric, mode=self.mode, epochs=self.epochs)
+        self.record(row, history, trial.checkpoint)
+
+    def record(self, row: dict, history: list[dict], checkpoint: Any) -> None:
+        self.store.record_trial(row, history)
+        gallery = _read_checkpoint_file(checkpoint, GALLERY_FILE)
+        if gallery is not None:
+            self.store.write_array(row["trial_id"], "gallery", np.load(io.BytesIO(gallery)))
+        self.recorded.add(row["trial_id"])
+        self.statuses[row["trial_id"]] = row["status"]
+        self.progress.ended.append(row)
+        log.debug("recorded trial %s: %s", row["trial_id"], row["status"])
+
+    def step(self, trials: list[Any], *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.on_progress is None or (not force and now - self._shown < 0.5):
+            return
+        self._shown = now
+        states = [t.status for t in trials]
+        p = self.progress
+        p.running = states.count("RUNNING")
+        p.pending = states.count("PENDING") + max(0, p.total - len(trials))
+        p.finished = sum(1 for t in trials if t.status == "TERMINATED")
+        p.failed = states.count("ERROR")
+        p.elapsed = now - self._start
+        self.on_progress(p)
+        p.ended = []
+
+
+class StudyRecorder(tune.Callback):
+    """Tune callback that forwards trial events to the active :class:`Session` (stateless, so
+    the copy Tune pickles into its experiment state works after a restore)."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.result(trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.ended(trial, None)
+            _ACTIVE.step(trials, force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.ended(trial, _trial_error(trial))
+            _ACTIVE.step(trials, force=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.step(trials)
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+def trial_row(trial_id: str, config: Mapping[str, Any], last: Mapping[str, Any],
+              seen: list[Mapping[str, Any]], checkpoint: Any, error: BaseException | str | None,
+              *, metric: str, mode: str, epochs: int) -> tuple[dict, list[dict]]:
+    """One study row and its history from what Tune knows of an ended trial.
+
+    Args:
+        trial_id: Tune's trial id.
+        config: the trial config (the study's ``config.*`` columns).
+        last: the last reported result (empty when the trial never reported).
+        seen: results this driver saw, in order (epochs after the last checkpoint).
+        checkpoint: the trial's latest ``tune.Checkpoint`` or None.
+        error: the trial's error when it errored.
+        metric, mode: the study's metric, for ``best_<metric>`` and ``best_epoch``.
+        epochs: the epochs a complete trial runs.
+
+    Returns:
+        ``(row, history)`` for :meth:`StudyStore.record_trial`.
+    """
+    stored = _read_checkpoint_file(checkpoint, HISTORY_FILE)
+    history = json.loads(stored) if stored else []
+    history += [_epoch_record(r) for r in seen if "epoch" in r and not r.get("diverged")]
+    by_epoch = {int(h["epoch"]): h for h in history}  # a re-run epoch keeps its last record
+    history = [by_epoch[e] for e in sorted(by_epoch)]
+    final = history[-1] if history else {}
+    if error is not None:
+        status, message = "error", _error_text(error)
+    elif last.get("diverged"):
+        status, message = "diverged", str(last.get("error") or "diverged")
+    else:
+        status, message = ("finished" if final.get("epoch", 0) >= epochs else "stopped"), None
+    values = [(finite_or_none(h.get(metric)), int(h["epoch"])) for h in history]
+    values = [(v, e) for v, e in values if v is not None]
+    best = {}
+    if values:
+        value, epoch = (min if mode == "min" else max)(values, key=lambda ve: ve[0])
+        best = {f"best_{metric}": value, "best_epoch": epoch}
+    row = {
+        "trial_id": trial_id,
+        "status": status,
+        "error": message,
+        "config": dict(config),
+        "metrics": {k: finite_or_none(v) for k, v in final.items() if k not in _NOT_METRICS},
+        "best": best,
+        "epochs": len(history),
+        "wall_s": finite_or_none(last.get("time_total_s")),
+        "node_id": last.get("node_id"),
+        "started_at": finite_or_none(last.get("started_at")),
+        "ended_at": finite_or_none(last.get("ended_at")),
+        "resumed_from_epoch": last.get("resumed_from"),
+    }
+    return row, history
+
+
+def _epoch_record(result: Mapping[str, Any]) -> dict:
+    return {k: v for k, v in result.items()
+            if k not in _TUNE_KEYS and k not in _BOOKKEEPING
+            and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _read_checkpoint_file(checkpoint: Any, name: str) -> bytes | None:
+    if checkpoint is None:
+        return None
+    path = f"{checkpoint.path.rstrip('/')}/{name}"
+    try:
+        with checkpoint.filesystem.open_input_stream(path) as f:
+            return f.read()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _trial_error(trial: Any) -> BaseException | str:
+    try:
+        err = trial.get_pickled_error()
+    except Exception:  # an unpicklable error: fall back to its text  # noqa: BLE001
+        err = None
+    return err if err is not None else (trial.get_error() or "trial failed")
+
+
+def _error_text(error: BaseException | str) -> str:
+    """The root cause's one-line message: cryotune errors as they print, others by type."""
+    if isinstance(error, str):
+        lines = [ln for ln in error.strip().splitlines() if ln.strip()]
+        return lines[-1] if lines else "trial failed"
+    while getattr(error, "cause", None) is not None and error.cause is not error:
+        error = error.cause
+    if isinstance(error, CryotuneError):
+        return str(error)
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[-1] if text else ''}".rstrip(": ")
