@@ -1,1 +1,11 @@
-"""Downstream validation: 3D reconstruction with FSC, and conformation clustering."""
+"""Downstream validation: 3D reconstruction with FSC, and conformation clustering.
+
+- :mod:`cryotune.validate.reconstruct`: direct Fourier inversion from images with known poses
+  (RELION pose, origin and CTF conventions), on CPU or CUDA.
+- :mod:`cryotune.validate.fsc`: Fourier shell correlation, resolution at 0.143 and 0.5,
+  gold-standard half maps and FSC against a known truth.
+- :mod:`cryotune.validate.cluster`: Isomap (or spectral, MDS, t-SNE) + k-means accuracy of
+  telling two conformations apart.
+
+Nothing is imported here, so each module loads only what it needs (the FSC needs no torch).
+"""

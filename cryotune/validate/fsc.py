@@ -62,18 +62,21 @@ def fsc(v1, v2) -> tuple[np.ndarray, np.ndarray]:
 
 
 def crossing(freq, curve, threshold: float = 0.143) -> float | None:
-    """Frequency where ``curve`` first falls below ``threshold``, linearly interpolated between
-    the last shell at or above it and the first below; None when it never does.
+    """Frequency where ``curve`` first falls below ``threshold``; None when it never does.
 
-    A curve already below the threshold at its first shell crosses at ``freq[0]``.
+    The search starts at shell 1: shell 0 is the lone zero-frequency voxel, whose correlation is
+    +-1 by construction (the sign of the product of the two volumes' sums), not a resolution.
+    The crossing is interpolated linearly between the last shell at or above the threshold and
+    the first below it (exact for a curve that is linear between them); a curve below the
+    threshold from shell 1 on crosses at ``freq[1]``, the coarsest resolution a box can show.
     """
     freq, curve = np.asarray(freq, dtype=np.float64), np.asarray(curve, dtype=np.float64)
-    below = np.nonzero(curve < threshold)[0]
+    below = np.nonzero(curve[1:] < threshold)[0]
     if len(below) == 0:
         return None
-    i = int(below[0])
-    if i == 0:
-        return float(freq[0])
+    i = int(below[0]) + 1
+    if curve[i - 1] < threshold:
+        return float(freq[i])
     t = (curve[i - 1] - threshold) / (curve[i - 1] - curve[i])
     return float(freq[i - 1] + t * (freq[i] - freq[i - 1]))
 
@@ -89,12 +92,10 @@ def resolution(freq, curve, pixel_size: float, threshold: float = 0.143) -> floa
 
     Returns:
         ``pixel_size / f_cross``; ``2 * pixel_size`` (Nyquist) when the curve never falls below
-        the threshold (:func:`fsc_summary` flags that case); ``inf`` for a crossing at zero.
+        the threshold (:func:`fsc_summary` flags that case).
     """
     f = crossing(freq, curve, threshold)
-    if f is None:
-        return 2.0 * pixel_size
-    return float(pixel_size / f) if f > 0 else float("inf")
+    return 2.0 * pixel_size if f is None else float(pixel_size / f)
 
 
 def fsc_summary(v1, v2, pixel_size: float) -> dict:

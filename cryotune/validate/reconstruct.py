@@ -236,10 +236,10 @@ def reconstruct(images, rotations, *, shifts_px=None, ctf: Mapping | None = None
         _insert(acc, wgt, pos.reshape(-1, 3) + P // 2, F.reshape(-1), weight.reshape(-1), P,
                 interpolation)
     acc, wgt = _fold(acc.view((P + 2,) * 3), P), _fold(wgt.view((P + 2,) * 3), P)
-    acc = acc + _mirror(acc).conj()
-    wgt = wgt + _mirror(wgt)
-    tau = reg * wgt[wgt > 0].mean()
-    vol = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(acc / (wgt + tau)))).real
+    acc.add_(_mirror(acc).conj())  # in place: the grids are the largest arrays here
+    wgt.add_(_mirror(wgt))
+    acc.div_(wgt.add_(reg * wgt[wgt > 0].mean()))
+    vol = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(acc))).real
     vol = vol[lo:lo + N, lo:lo + N, lo:lo + N].double().cpu().numpy()
     apod = np.sinc((np.arange(N) - N // 2) / P) ** (2 if interpolation == "trilinear" else 1)
     vol /= apod[:, None, None] * apod[None, :, None] * apod[None, None, :]

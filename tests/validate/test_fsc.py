@@ -51,6 +51,10 @@ def test_crossing_is_interpolated_exactly():
     bumpy = np.array([1.0, 0.9, 0.6, 0.1, 0.4, 0.05])
     f = np.arange(6) / 10
     assert crossing(f, bumpy, 0.143) == pytest.approx(0.2 + (0.6 - 0.143) / 0.5 * 0.1, abs=1e-12)
+    # shell 0 (one voxel, +-1) is no resolution: volumes with sums of opposite signs still count
+    flipped_dc = np.array([-1.0, 0.9, 0.6, 0.1])
+    assert crossing(f[:4], flipped_dc, 0.143) == pytest.approx(0.2 + 0.457 / 0.5 * 0.1, abs=1e-12)
+    assert crossing(f[:4], np.array([-1.0, 0.1, 0.0, 0.0])) == 0.1  # nothing past the box size
 
 
 def test_no_crossing_reports_nyquist_with_a_flag():
