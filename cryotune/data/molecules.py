@@ -39,12 +39,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Clamp opening of the last built-in conformation: the clamp tip moves about 45 A, so closed and
-# open projections of one view differ by ~35% of their norm and separate cleanly at 32 px.
+# Clamp opening of the last built-in conformation: the clamp tip moves about 50 A, so closed and
+# open projections of one view differ by a third of their norm (median over views) at 32 px.
 BUILTIN_OPEN_DEG = 40.0
 _BUILTIN_SEED = 20_02  # fixed: the built-in molecule is the same everywhere
-_LATTICE_A = 7.0  # pseudo-atom spacing; with sigma ~4 A the density is smooth
-_SIGMA_A = (3.5, 4.5)
+_LATTICE_A = 8.0  # pseudo-atom spacing; with sigma 4-5 A the density is smooth (0.2% ripple)
+_SIGMA_A = (4.0, 5.0)
 # Ellipsoids (centre, semi-axes) in Angstrom; the claw opens in the x-y plane.
 _BODY = (
     ((-30.0, -20.0, 0.0), (45.0, 30.0, 45.0)),  # lobe 1
@@ -129,7 +129,7 @@ def hinge_angles(k: int, open_deg: float = BUILTIN_OPEN_DEG) -> np.ndarray:
 def builtin_conformations(k: int = 5) -> list[Atoms]:
     """The built-in hinged-clamp molecule in ``k`` conformations, closed to open.
 
-    About 150 x 110 x 85 Angstrom and 1,896 pseudo-atoms (sigma 3.5-4.5 A); every conformation
+    About 150 x 105 x 85 Angstrom and 1,286 pseudo-atoms (sigma 4-5 A); every conformation
     is centred on the centre of mass of the closed one, so only the clamp moves.
 
     Args:
