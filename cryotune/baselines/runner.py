@@ -105,7 +105,8 @@ def run_baselines(
         method = pending.pop(done[0])
         row = {"trial_id": f"baseline-{method}-{key}", "epochs": 0,
                "config": {"method": method, "dataset": key, "snr": ds.manifest.get("snr"),
-                          "eps": 0.0, "contamination": "none", "seed": 0, "sigma": sigma}}
+                          "eps": 0.0, "contamination": "none", "seed": 0, "sigma": sigma,
+                          method: make_baseline(method).params()}}
         try:
             result = ray.get(done[0])
         except ray.exceptions.RayTaskError as err:

@@ -51,7 +51,7 @@ def test_rows_match_an_independent_computation(dataset, tmp_path, ray_session):
         mse = np.mean((denoised.astype(np.float64) - test["clean"]) ** 2, axis=(1, 2))
         assert row["test_mse"] == pytest.approx(mse.mean(), rel=1e-5)
         assert row["test_mse"] < noisy_mse
-        ssim = [structural_similarity(c, d, data_range=1.0) for c, d in zip(test["clean"], denoised)]
+        ssim = [structural_similarity(c, d, data_range=1.0) for c, d in zip(test["clean"], denoised, strict=True)]
         assert row["test_ssim"] == pytest.approx(np.mean(ssim), abs=1e-4)
         gallery = study.array("study", row["trial_id"], "gallery")
         np.testing.assert_allclose(gallery, denoised[:3], atol=1e-6)
