@@ -164,7 +164,7 @@ def build_models(config: TrainConfig, image_shape: tuple[int, int]
 
 
 def count_parameters(module: nn.Module | None) -> int:
-    """Number of trainable parameters (0 for None)."""
+    """Number of parameters (0 for None)."""
     if module is None:
         return 0
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return sum(p.numel() for p in module.parameters())

@@ -196,6 +196,8 @@ class Trainer:
             for _ in range(cfg.k_g):
                 sum_g += self._g_step(y, x) * n
             images += n
+        if self.discriminator is not None:
+            self.discriminator.requires_grad_(True)  # leave it as built
         if images == 0:
             raise BadInput("no training batches in this epoch", f"epoch {self.epoch}",
                            "check the dataset's train split and the batch source")

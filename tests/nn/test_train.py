@@ -244,3 +244,10 @@ def test_cuda_without_cuda_is_a_config_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(BadConfig, match="CUDA is not available"):
         Trainer(TrainConfig(device="cuda", width=4), (SIZE, SIZE))
+
+
+def test_train_epoch_leaves_the_discriminator_trainable(blobs):
+    noisy, clean = blobs
+    trainer = Trainer(TrainConfig(method="js_gan", width=4), (SIZE, SIZE))
+    trainer.train_epoch(_loaders(noisy, clean)[0](0)[:1])
+    assert all(p.requires_grad for p in trainer.discriminator.parameters())
