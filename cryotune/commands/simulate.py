@@ -52,7 +52,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                      help="acceleration voltage (default: 300)")
     ctf.add_argument("--cs", type=float, default=2.7, metavar="MM",
                      help="spherical aberration (default: 2.7)")
-    ctf.add_argument("--amplitude-contrast", type=float, default=0.1,
+    ctf.add_argument("--amplitude-contrast", type=float, default=0.1, metavar="Q0",
                      help="amplitude contrast fraction (default: 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     parser.add_argument("--format", choices=sorted(FORMATS), default="parquet",
