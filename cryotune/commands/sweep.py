@@ -114,7 +114,7 @@ class LiveView:
     def __init__(self):
         from rich.console import Console
 
-        self.console = Console(highlight=False)
+        self.console = Console(highlight=False, soft_wrap=True)
         self.metric = "metric"
         self._live = None
 

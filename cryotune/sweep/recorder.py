@@ -37,7 +37,7 @@ from cryotune.errors import CryotuneError
 from cryotune.results import StudyStore, finite_or_none
 from cryotune.sweep.trainable import GALLERY_FILE, HISTORY_FILE
 
-__all__ = ["Progress", "Session", "StudyRecorder", "trial_row"]
+__all__ = ["Progress", "Session", "StudyRecorder", "study_trial_id", "trial_row"]
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +108,18 @@ class Session:
 
     # -- events -----------------------------------------------------------------------------
     def result(self, trial: Any, result: Mapping[str, Any]) -> None:
-        self._results[trial.trial_id].append(dict(result))
+        self._results[study_trial_id(trial)].append(dict(result))
         value = finite_or_none(result.get(self.metric))
         if value is not None and not result.get("diverged"):
             best = self.progress.best
             better = best is None or (value < best[0] if self.mode == "min" else value > best[0])
             if better:
-                self.progress.best = (value, trial.trial_id, dict(trial.config.get("t", {})))
+                self.progress.best = (value, study_trial_id(trial), dict(trial.config.get("t", {})))
 
     def ended(self, trial: Any, error: BaseException | str | None) -> None:
         row, history = trial_row(
-            trial.trial_id, trial.config.get("t", {}), trial.last_result or {},
-            self._results.pop(trial.trial_id, []), trial.checkpoint, error,
+            study_trial_id(trial), trial.config.get("t", {}), trial.last_result or {},
+            self._results.pop(study_trial_id(trial), []), trial.checkpoint, error,
             metric=self.metric, mode=self.mode, epochs=self.epochs)
         self.record(row, history, trial.checkpoint)
 
@@ -132,6 +132,15 @@ class Session:
         self.statuses[row["trial_id"]] = row["status"]
         self.progress.ended.append(row)
         log.debug("recorded trial %s: %s", row["trial_id"], row["status"])
+
+    def finish(self, trials: list[Any]) -> None:
+        """Record the ended trials the table lacks (a driver killed between Tune's state save
+        and the row's write)."""
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR") and \
+                    study_trial_id(trial) not in self.recorded:
+                self.ended(trial, _trial_error(trial) if trial.status == "ERROR" else None)
+        self.step(trials, force=True)
 
     def step(self, trials: list[Any], *, force: bool = False) -> None:
         now = time.monotonic()
@@ -171,8 +180,18 @@ class StudyRecorder(tune.Callback):
         if _ACTIVE is not None:
             _ACTIVE.step(trials)
 
+    def on_experiment_end(self, trials, **info):
+        if _ACTIVE is not None:
+            _ACTIVE.finish(trials)
+
 
 # -- rows -------------------------------------------------------------------------------------
+
+def study_trial_id(trial: Any) -> str:
+    """``trial_00003``: the trial's place in the study, kept when Tune restarts an errored
+    trial under a new Tune id; also its folder in the experiment."""
+    return f"trial_{int(str(trial.experiment_tag).split('_')[0]):05d}"
+
 
 def trial_row(trial_id: str, config: Mapping[str, Any], last: Mapping[str, Any],
               seen: list[Mapping[str, Any]], checkpoint: Any, error: BaseException | str | None,
@@ -245,11 +264,19 @@ def _read_checkpoint_file(checkpoint: Any, name: str) -> bytes | None:
 
 
 def _trial_error(trial: Any) -> BaseException | str:
+    """The trial's last error: Tune has just written it next to the trial, locally."""
+    from ray import cloudpickle
+
     try:
-        err = trial.get_pickled_error()
-    except Exception:  # an unpicklable error: fall back to its text  # noqa: BLE001
-        err = None
-    return err if err is not None else (trial.get_error() or "trial failed")
+        with open(trial.pickled_error_file, "rb") as f:
+            return cloudpickle.load(f)
+    except (TypeError, OSError, EOFError, AttributeError, ImportError):
+        pass  # no pickled error (or not loadable here): its text then
+    try:
+        with open(trial.error_file) as f:
+            return f.read()
+    except (TypeError, OSError):
+        return "trial failed"
 
 
 def _error_text(error: BaseException | str) -> str:

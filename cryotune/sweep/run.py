@@ -20,8 +20,8 @@ The steps of :func:`run_sweep`:
    every event, so a killed driver never reruns a finished trial.
 5. ``resume=True`` restores the experiment with ``Tuner.restore(resume_unfinished=True,
    restart_errored=True)``; finished trials stay finished, unfinished ones continue from their
-   checkpoints. Trials Tune knows as ended but the table lacks (a driver killed between the
-   two writes) are recorded from their results after ``fit()``.
+   checkpoints, errored ones start again. Trials Tune knows as ended but the table lacks (a
+   driver killed between the two writes) are recorded when the experiment ends.
 
 Example::
 
@@ -33,20 +33,23 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from cryotune.errors import BadConfig
 from cryotune.results import StudyStore, dataset_key, load_study
-from cryotune.sweep.recorder import Progress, Session, StudyRecorder, trial_row
 from cryotune.sweep.space import Fit, fit_resources, make_scheduler, make_search, trial_configs
 from cryotune.sweep.spec import DatasetSpec, SweepSpec
+
+if TYPE_CHECKING:  # Ray loads in run_sweep, after the environment that quiets it is set
+    from cryotune.sweep.recorder import Progress
 
 __all__ = ["PreparedDataset", "SweepOutcome", "prepare_datasets", "run_sweep", "study_paths"]
 
@@ -55,7 +58,7 @@ log = logging.getLogger(__name__)
 # Quiet on top of cryotune._ray.QUIET_ENV: Ray Data's progress bars, and Tune's warning about
 # saving its state often, which TUNE_GLOBAL_CHECKPOINT_S=0 asks for on purpose.
 _QUIET_SWEEP_ENV = {
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
@@ -165,7 +168,9 @@ def _gallery_size(spec: SweepSpec) -> int:
 
 
 def _trial_name(trial: Any) -> str:
-    return trial.trial_id
+    from cryotune.sweep.recorder import study_trial_id
+
+    return study_trial_id(trial)
 
 
 def _check_resumable(store_spec: Mapping[str, Any] | None, spec: SweepSpec, study: str) -> None:
@@ -208,6 +213,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     prepare_env(joining=bool(address or os.environ.get("RAY_ADDRESS")))  # before Ray is imported
     from ray import tune
 
+    from cryotune.sweep.recorder import Session, StudyRecorder
     from cryotune.sweep.trainable import run_trial
 
     root, study = study_paths(spec)
@@ -253,18 +259,29 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     total = spec.n_trials if spec.search != "grid" else len(trial_configs(spec, keys))
     previous = _statuses(store.uri)
     with Session(store, metric=spec.metric, mode=spec.mode, epochs=spec.epochs, total=total,
-                 on_progress=on_progress, recorded=previous) as session:
-        # Tune's per-trial result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): its
-        # analysis would warn for every trial that it cannot read them; the study has them.
-        analysis = logging.getLogger("ray.tune.analysis.experiment_analysis")
-        level = analysis.level
-        analysis.setLevel(logging.ERROR)
-        try:
-            results = tuner.fit()
-        finally:
-            analysis.setLevel(level)
-        _record_missing(results, session, spec)
+                 on_progress=on_progress, recorded=previous):
+        with _quiet_tune_logs(verbose):
+            tuner.fit()
     return SweepOutcome(study=store.uri, counts=_count(_statuses(store.uri)), total=total)
+
+
+@contextlib.contextmanager
+def _quiet_tune_logs(verbose: bool):
+    """Tune's per-trial result files are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS): its analysis
+    would warn that it cannot read them. Trial errors go to the study and the live view (with
+    the traceback in the trial's error.txt); Tune logs them again unless ``verbose``."""
+    levels = {"ray.tune.analysis.experiment_analysis": logging.ERROR}
+    if not verbose:
+        levels.update({"ray.tune.execution.tune_controller": logging.CRITICAL,
+                       "ray.tune.tune": logging.CRITICAL})
+    saved = {name: logging.getLogger(name).level for name in levels}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _fit(spec: SweepSpec) -> Fit:
@@ -321,15 +338,3 @@ def _count(statuses: Mapping[str, str]) -> dict[str, int]:
     for status in statuses.values():
         out[status] = out.get(status, 0) + 1
     return out
-
-
-def _record_missing(results: Any, session: Session, spec: SweepSpec) -> None:
-    """Record the trials that ended but have no row (the driver died between the two writes)."""
-    for result in results:
-        trial_id = Path(result.path).name
-        if trial_id in session.recorded:
-            continue
-        row, history = trial_row(trial_id, (result.config or {}).get("t", {}),
-                                 result.metrics or {}, [], result.checkpoint, result.error,
-                                 metric=spec.metric, mode=spec.mode, epochs=spec.epochs)
-        session.record(row, history, result.checkpoint)

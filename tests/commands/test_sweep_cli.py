@@ -1,0 +1,213 @@
+"""`cryotune sweep` through the real dispatcher: dry runs, bad spaces, exit codes, and a driver
+killed mid-sweep and resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cryotune import cli
+from cryotune.results import load_study
+from cryotune.sweep.space import trial_configs
+from cryotune.sweep.spec import load_spec
+
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+# the dispatcher with only this command registered, in a fresh process
+CLI = ("import sys; from cryotune import cli; cli.COMMANDS = ('sweep',); "
+       "rc = cli.main(sys.argv[1:]); print('ray imported:', 'ray' in sys.modules); sys.exit(rc)")
+
+
+@pytest.fixture
+def run(monkeypatch):
+    monkeypatch.setattr(cli, "COMMANDS", ("sweep",))
+    return lambda *argv: cli.main(["sweep", *map(str, argv)])
+
+
+@pytest.fixture(scope="module")
+def toy_store(tmp_path_factory):
+    from cryotune.data.simulate import simulate
+
+    return simulate(tmp_path_factory.mktemp("data") / "toy", size=16, n_train=64, n_test=16,
+                    snr=0.5, seed=1, shard_rows=32)
+
+
+def _write_space(path: Path, store: Path, **changes) -> Path:
+    raw = {"name": "cli", "dataset": str(store), "methods": ["l1_ae"], "epochs": 2,
+           "train": {"width": 4, "depth": 1, "batch_size": 16, "gallery": 2},
+           "storage": str(path.parent / "studies")}
+    raw.update(changes)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", CLI, "sweep", SPACES / "paper-fig5-robustness.yaml", "--scale",
+         "cpu", "--set", "seeds=1", "--storage", tmp_path / "studies", "--dry-run"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "trials: 60 (grid)" in text  # 6 methods x 10 contamination settings x 1 seed
+    assert "10 x ℓ2-AE" in text and "10 x (0.5,0.5)-GAN + ℓ1" in text
+    assert "resources: " in text and "Ray Data keeps a core" in text
+    assert "simulate 32 px, 1000 train / 200 test pairs, SNR 0.1" in text
+    assert "(not yet simulated)" in text
+    assert "ray imported: False" in text
+    assert not (tmp_path / "studies").exists()
+
+
+def test_paper_scale_dry_run_names_the_missing_gpu(run, capsys, tmp_path):
+    assert run(SPACES / "paper-table1.yaml", "--storage", tmp_path, "--dry-run") == 0
+    text = capsys.readouterr().out
+    assert "trials: 36 (grid)" in text and "simulate 128 px, 25000 train / 1500 test" in text
+    if "0 GPUs" in text or "Ray sees none" in text:
+        assert "--scale cpu" in text
+
+
+def test_bad_spaces_exit_2_with_the_key_path(run, capsys, tmp_path, toy_store):
+    space = _write_space(tmp_path / "bad.yaml", toy_store,
+                         methods=["l1_ae", "l2_ae", {"method": "beta_gan", "alpha": 1.5}])
+    assert run(space, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1.5 is outside [-1, 1], methods[2].alpha:")
+    assert run(_write_space(tmp_path / "ok.yaml", toy_store), "--set", "epochs=zero") == 2
+    assert "epochs" in capsys.readouterr().err
+    assert run(tmp_path / "missing.yaml") == 2
+    assert "not found" in capsys.readouterr().err
+    # the image size must divide by 2**depth: refused before Ray starts
+    deep = _write_space(tmp_path / "deep.yaml", toy_store, train={"depth": 5})
+    assert run(deep) == 2
+    assert "not divisible by 2**depth = 32" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.timeout(300)
+def test_errored_trials_exit_1_and_are_recorded_once(run, capsys, tmp_path, toy_store):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the error this test provokes is a missing CUDA device")
+    space = _write_space(tmp_path / "err.yaml", toy_store, max_failures=0,
+                         methods=["l1_ae", {"method": "l2_ae", "device": "cuda"}])
+    assert run(space) == 1
+    out = capsys.readouterr().out
+    assert "1 error, 1 finished of 2 trials" in out
+    study = tmp_path / "studies" / "cli"
+    trials = load_study(study).trials.set_index("config.method")
+    assert trials.loc["l2_ae", "status"] == "error"
+    assert trials.loc["l2_ae", "error"].startswith("CUDA is not available on this machine, device")
+    assert run(space) == 2  # the study exists
+    assert "--resume" in capsys.readouterr().err
+    assert run(study, "--resume") == 1  # the errored trial runs again, and errs again
+    again = load_study(study).trials
+    assert len(again) == 2 and again["trial_id"].is_unique
+
+
+def _children():
+    kids = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            kids.setdefault(int(fields[1]), []).append(int(entry))
+    return kids
+
+
+def _descendants(pid):
+    kids, out, todo = _children(), [], [pid]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _session_members(sid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+@pytest.mark.timeout(420)
+def test_a_killed_driver_resumes_without_duplicates(run, tmp_path, toy_store):
+    # four trials one at a time, so that the kill finds some finished and some not
+    space = _write_space(tmp_path / "resume.yaml", toy_store, epochs=3, max_concurrent=1,
+                         methods=[{"method": "l1_ae", "lr_g": [1e-2, 5e-3, 2e-3, 1e-3]}])
+    study = tmp_path / "studies" / "cli"
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen([sys.executable, "-c", CLI, "sweep", space], stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+    caused = set()
+    try:
+        deadline = time.monotonic() + 240
+        finished = pd.DataFrame()
+        while time.monotonic() < deadline and driver.poll() is None:
+            caused.update(_descendants(driver.pid))
+            table = study / "trials.parquet"
+            if table.exists():
+                finished = pd.read_parquet(table)
+                if (finished["status"] == "finished").any():
+                    break
+            time.sleep(0.2)
+        assert driver.poll() is None, log.read_text()
+        assert len(finished) >= 1
+        caused.update(_descendants(driver.pid))
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        # Ray's agents outlive a killed driver: end every process this test caused, by pid
+        for _ in range(50):
+            caused.update(_session_members(driver.pid))
+            left = [p for p in caused if _alive(p)]
+            if not left:
+                break
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
+    assert not [p for p in caused if _alive(p)]
+    assert "INFO" not in log.read_text()  # Ray's own logs stay off without --verbose
+    before = finished[finished["status"] == "finished"].set_index("trial_id")
+
+    assert run(space, "--resume") == 0
+    trials = load_study(study).trials.set_index("trial_id")
+    grid = trial_configs(load_spec(space))
+    assert len(trials) == len(grid) == 4 and (trials["status"] == "finished").all()
+    assert sorted(trials["config.lr_g"]) == sorted(c["lr_g"] for c in grid)  # each config once
+    for trial_id, row in before.iterrows():  # finished before the kill: not run again
+        assert trials.loc[trial_id, "ended_at"] == row["ended_at"]
+    history = load_study(study).history
+    assert not history.duplicated(["trial_id", "epoch"]).any()
+    assert (history.groupby("trial_id")["epoch"].apply(list) == pd.Series([[1, 2, 3]] * 4,
+            index=sorted(trials.index))).all()
