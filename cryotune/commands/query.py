@@ -28,8 +28,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--where", default=None,
                         help="a pandas query on the trials, e.g. \"method == 'l2_ae' and eps > 0\"")
     parser.add_argument("--by", default=None, help="comma-separated columns to group by")
-    parser.add_argument("--metrics", default=DEFAULT_METRICS,
-                        help=f"comma-separated metric columns (default: {DEFAULT_METRICS})")
+    parser.add_argument("--metrics", default=None,
+                        help=f"comma-separated metric columns (default: those of {DEFAULT_METRICS} "
+                             "the study has)")
     parser.add_argument("--agg", default="mean,std,count",
                         help="comma-separated aggregations with --by (default: mean,std,count)")
     parser.add_argument("--all", action="store_true",
@@ -49,7 +50,7 @@ def select(args: argparse.Namespace):
     study = load_study(*args.studies)
     if args.where:
         study = study.query(args.where)
-    metrics = _names(args.metrics)
+    metrics = _names(args.metrics) or [m for m in _names(DEFAULT_METRICS) if m in study.trials]
     if args.by:
         return study.summary(by=_names(args.by), metrics=metrics, agg=_names(args.agg))
     trials = study.trials
@@ -65,10 +66,9 @@ def select(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    frame = select(args)
-    frame = frame.rename(columns=lambda c: c.removeprefix("config."))
     if args.format == "parquet" and not args.out:
         raise BadInput("parquet output is binary", "--format parquet", "add --out FILE.parquet")
+    frame = select(args).rename(columns=lambda c: c.removeprefix("config."))
     if args.format == "table":
         _print_table(frame, args.out)
         return 0

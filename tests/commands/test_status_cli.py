@@ -1,0 +1,41 @@
+"""`cryotune status` through the real dispatcher."""
+
+from __future__ import annotations
+
+import pytest
+
+from cryotune import cli
+from cryotune.results import StudyStore
+
+
+@pytest.fixture
+def run(monkeypatch):
+    monkeypatch.setattr(cli, "COMMANDS", ("status",))
+    return lambda *argv: cli.main(["status", *map(str, argv)])
+
+
+def test_status_counts_best_and_errors(run, tmp_path, capsys):
+    store = StudyStore(tmp_path, "s")
+    # a spec of 2 methods x 2 seeds = 4 trials, of which 3 have ended
+    store.write_spec({"name": "s", "dataset": "data/x", "methods": ["l1_ae", "l2_ae"],
+                      "seeds": 2, "epochs": 3, "storage": str(tmp_path),
+                      "provenance": {"command": "cryotune sweep s.yaml"}})
+    common = {"epochs": 3, "config": {"method": "l1_ae", "seed": 0, "eps": 0.0}}
+    store.record_trial({**common, "trial_id": "trial_00000", "status": "finished",
+                        "metrics": {"test_mse": 0.004}})
+    store.record_trial({**common, "trial_id": "trial_00001", "status": "finished",
+                        "metrics": {"test_mse": 0.002},
+                        "config": {"method": "l2_ae", "seed": 1, "eps": 0.0}})
+    store.record_trial({**common, "trial_id": "trial_00002", "status": "diverged",
+                        "error": "non-finite training loss, epoch 0: lower lr_g"})
+    assert run(tmp_path / "s") == 0
+    out = capsys.readouterr().out
+    assert "trials: 2 finished, 1 diverged (of 4)" in out
+    assert "1 trials have not ended: cryotune sweep" in out and "--resume" in out
+    assert "best test_mse (min): 0.002, trial trial_00001 (ℓ2-AE, seed 1)" in out
+    assert "diverged trial_00002: non-finite training loss" in out
+
+
+def test_status_of_no_study_exits_2(run, tmp_path, capsys):
+    assert run(tmp_path) == 2
+    assert "not a cryotune study" in capsys.readouterr().err
