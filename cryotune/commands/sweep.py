@@ -70,6 +70,10 @@ def load(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    from cryotune.sweep.run import quiet_environment
+
+    quiet_environment(verbose=args.verbose,
+                      joining=bool(args.address or os.environ.get("RAY_ADDRESS")))
     spec = load(args)
     if args.dry_run:
         print_plan(spec, address=args.address or os.environ.get("RAY_ADDRESS"))

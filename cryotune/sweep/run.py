@@ -51,12 +51,20 @@ from cryotune.sweep.spec import DatasetSpec, SweepSpec
 if TYPE_CHECKING:  # Ray loads in run_sweep, after the environment that quiets it is set
     from cryotune.sweep.recorder import Progress
 
-__all__ = ["PreparedDataset", "SweepOutcome", "prepare_datasets", "run_sweep", "study_paths"]
+__all__ = [
+    "PreparedDataset",
+    "SweepOutcome",
+    "prepare_datasets",
+    "quiet_environment",
+    "run_sweep",
+    "study_paths",
+]
 
 log = logging.getLogger(__name__)
 
-# Quiet on top of cryotune._ray.QUIET_ENV: Ray Data's progress bars, and Tune's warning about
-# saving its state often, which TUNE_GLOBAL_CHECKPOINT_S=0 asks for on purpose.
+# Quiet on top of cryotune._ray.QUIET_ENV: Ray Data's progress bars (tqdm reads TQDM_DISABLE
+# when imported), and Tune's warning about saving its state often, which
+# TUNE_GLOBAL_CHECKPOINT_S=0 asks for on purpose.
 _QUIET_SWEEP_ENV = {
     "TQDM_DISABLE": "1",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
@@ -90,6 +98,22 @@ class SweepOutcome:
     def exit_code(self) -> int:
         """0 when every trial ended (finished, stopped, diverged), 1 when some errored."""
         return 1 if self.counts.get("error") else 0
+
+
+def quiet_environment(*, verbose: bool = False, joining: bool = False) -> None:
+    """Set the environment Ray, Ray Data and tqdm read when first imported: call it before
+    anything imports them (:func:`run_sweep` does, for the parts still to come).
+
+    Args:
+        verbose: keep Ray Data's progress bars and Tune's checkpoint warnings.
+        joining: a cluster is joined (its token must be in the environment).
+    """
+    from cryotune._ray import prepare_env
+
+    if not verbose:
+        for key, value in _QUIET_SWEEP_ENV.items():
+            os.environ.setdefault(key, value)
+    prepare_env(joining=joining)
 
 
 def study_paths(spec: SweepSpec) -> tuple[str, str]:
@@ -205,12 +229,9 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     Raises:
         BadConfig: the study exists and ``resume`` is False, or resume got another spec.
     """
-    from cryotune._ray import init_ray, prepare_env
+    from cryotune._ray import init_ray
 
-    if not verbose:
-        for key, value in _QUIET_SWEEP_ENV.items():
-            os.environ.setdefault(key, value)
-    prepare_env(joining=bool(address or os.environ.get("RAY_ADDRESS")))  # before Ray is imported
+    quiet_environment(verbose=verbose, joining=bool(address or os.environ.get("RAY_ADDRESS")))
     from ray import tune
 
     from cryotune.sweep.recorder import Session, StudyRecorder

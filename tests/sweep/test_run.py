@@ -16,8 +16,10 @@ from cryotune.nn.train import CHECKPOINT_NAME, Trainer
 from cryotune.results import dataset_key, load_study
 from cryotune.sweep.run import run_sweep
 from cryotune.sweep.space import trial_configs
+from cryotune.sweep.spec import load_spec
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(300)]
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 def _grid_keys(configs):
@@ -42,26 +44,28 @@ def _checkpoint(study_dir, trial_id):
     return found[-1]
 
 
-def test_smoke_sweep_end_to_end(make_spec, toy_store, caplog):
-    # max_concurrent = the 2 CPUs of the test Ray: each trial gets half a core, Data keeps one
-    spec = make_spec(methods=["l1_ae", {"method": "beta_gan", "pairs": [[0.5, 0.5]]}],
-                     eps=[0, 0.2], contamination=["A"], resources={"cpu": 1}, max_concurrent=2)
+def test_smoke_sweep_end_to_end(tmp_path, caplog):
+    # the shipped smoke space; its max_concurrent 2 equals the test Ray's 2 CPUs, so each
+    # trial gets half a core and Ray Data keeps one
+    spec = load_spec(SPACES / "smoke.yaml", overrides=[f"storage={tmp_path}"])
     snapshots = []
     outcome = run_sweep(spec, on_progress=lambda p: snapshots.append((p.running, p.finished)))
-    assert outcome.exit_code == 0 and outcome.counts == {"finished": 4} and outcome.total == 4
+    assert outcome.exit_code == 0 and outcome.counts == {"finished": 6} and outcome.total == 6
     assert "trials get 0.5 CPU each" in caplog.text
 
     study = load_study(outcome.study)
     trials, history = study.trials, study.history
-    key = dataset_key(open_dataset(toy_store).manifest)
-    assert len(trials) == len(trial_configs(spec)) == 4 and trials["trial_id"].is_unique
-    assert _row_keys(trials) == _grid_keys(trial_configs(spec, {spec.dataset[0].key: (key, 0.5)}))
-    assert set(trials["config.dataset"]) == {key} and (trials["config.snr"] == 0.5).all()
+    store = Path(outcome.study, "simulated", spec.dataset[0].key)  # simulated once, in the study
+    key = dataset_key(open_dataset(store).manifest)
+    assert len(trials) == len(trial_configs(spec)) == 6 and trials["trial_id"].is_unique
+    assert _row_keys(trials) == _grid_keys(trial_configs(spec, {spec.dataset[0].key: (key, 0.1)}))
+    assert set(trials["config.dataset"]) == {key} and (trials["config.snr"] == 0.1).all()
     for metric in ("test_mse", "test_psnr", "test_ssim", "train_mse", "wall_s"):
         assert np.isfinite(trials[metric]).all()
-    assert study.specs["t"]["methods"] == spec.raw["methods"]
+    assert study.specs["smoke"]["methods"] == spec.raw["methods"]
 
-    test = open_dataset(toy_store).read("test", ["noisy", "clean"])
+    test = open_dataset(store).read("test", ["noisy", "clean"])
+    n = spec.train.get("gallery", 8)
     for row in trials.itertuples():
         epochs = history[history["trial_id"] == row.trial_id]
         assert list(epochs["epoch"]) == [1, 2] and row.epochs == 2
@@ -72,9 +76,10 @@ def test_smoke_sweep_end_to_end(make_spec, toy_store, caplog):
         denoised = trainer.denoise(np.array(test["noisy"]))
         mse = ((denoised - test["clean"]) ** 2).mean(axis=(1, 2))
         assert row.test_mse == pytest.approx(mse.mean(), rel=1e-4)
-        gallery = study.array("t", row.trial_id, "gallery")
-        np.testing.assert_allclose(gallery, denoised[:4], atol=1e-6)
-    np.testing.assert_array_equal(study.dataset_array("t", key, "gallery_noisy"), test["noisy"][:4])
+        np.testing.assert_allclose(study.array("smoke", row.trial_id, "gallery"), denoised[:n],
+                                   atol=1e-6)
+    np.testing.assert_array_equal(study.dataset_array("smoke", key, "gallery_noisy"),
+                                  test["noisy"][:n])
 
     # trials ran concurrently: two were running at once, and their time spans overlap
     assert max(running for running, _ in snapshots) == 2
