@@ -22,6 +22,9 @@ COMMANDS = (
     "inspect",
     "train",
     "denoise",
+    "sweep",
+    "status",
+    "query",
     "baselines",
     "report",
 )
