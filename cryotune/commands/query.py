@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         raise BadInput("parquet output is binary", "--format parquet", "add --out FILE.parquet")
     frame = select(args).rename(columns=lambda c: c.removeprefix("config."))
     if args.format == "table":
-        _print_table(frame, args.out)
+        print_frame(frame, args.out)
         return 0
     if args.format == "parquet":
         frame.to_parquet(args.out, index=False)
@@ -85,7 +85,8 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(frame, out: str | None) -> None:
+def print_frame(frame, out: str | None = None) -> None:
+    """A DataFrame as a console table (NaN and None as ``-``), or into the file ``out``."""
     from rich.console import Console
     from rich.table import Table
 

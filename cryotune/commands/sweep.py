@@ -166,8 +166,8 @@ class LiveView:
 
 def print_outcome(outcome, spec) -> None:
     from rich.console import Console
-    from rich.table import Table
 
+    from cryotune.commands.query import print_frame
     from cryotune.results import Study, load_study, method_labels
 
     console = Console(highlight=False)
@@ -180,10 +180,9 @@ def print_outcome(outcome, spec) -> None:
         by = ["method"] + [c for c in ("config.eps", "config.contamination", "config.snr")
                            if c in trials and trials[c].nunique() > 1]
         summary = Study(trials=trials).summary(by=by, metrics=[spec.metric])
-        table = Table(*[c.removeprefix("config.") for c in summary.columns])
-        for row in summary.itertuples(index=False):
-            table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
-        console.print(table)
+        if (summary[f"{spec.metric}_count"] == 1).all():  # one trial a group: no spread
+            summary = summary.drop(columns=[f"{spec.metric}_std", f"{spec.metric}_count"])
+        print_frame(summary.rename(columns=lambda c: c.removeprefix("config.")))
     for row in trials[trials["status"] == "error"].itertuples():
         console.print(f"[red]error[/] {row.trial_id}: {row.error}")
     console.print(f"study: {outcome.study}")

@@ -15,6 +15,7 @@ SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 # trial counts worked out by hand from each file's axes (see their header comments)
 SHIPPED = {
     "smoke": (6, 6),  # 3 methods x (eps 0, eps 0.2 A) x 1 seed
+    "demo": (12, 12),  # 3 methods x (eps 0 + eps 0.2 x A, B, C) x 1 seed
     "paper-table1": (36, 36),  # 2 SNR x 6 methods x 3 seeds
     "paper-table2-alpha-beta": (48, 48),  # 2 SNR x 8 pairs x 3 seeds
     "paper-table4-lambda": (27, 27),  # 8 lambdas x 3 seeds + l1_ae x 3 seeds
