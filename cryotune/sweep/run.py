@@ -200,7 +200,7 @@ def _trial_name(trial: Any) -> str:
 def _check_resumable(store_spec: Mapping[str, Any] | None, spec: SweepSpec, study: str) -> None:
     if store_spec is None:
         return
-    ignore = ("provenance", "scales")
+    ignore = ("provenance", "scales", "name", "storage")  # these two found the study
     old = {k: v for k, v in store_spec.items() if k not in ignore}
     new = {k: v for k, v in spec.raw.items() if k not in ignore}
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

@@ -69,9 +69,8 @@ def run_trial(config: Mapping[str, Any], *, pipelines: Mapping[str, Any],
     _limit_gpu_memory(gpu_share)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            trainer = Trainer.load_checkpoint(Path(folder) / CHECKPOINT_NAME, device=cfg.device)
-        trainer.config = cfg  # runtime fields (threads) follow this run's resources
+        with checkpoint.as_directory() as folder:  # runtime fields (threads) from this run
+            trainer = Trainer.load_checkpoint(Path(folder) / CHECKPOINT_NAME, config=cfg)
     else:
         trainer = Trainer(cfg, pipe.image_shape)
     node_id = ray.get_runtime_context().get_node_id()
