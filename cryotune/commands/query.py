@@ -2,12 +2,14 @@
 
 Without ``--by`` it lists the trials (id, status, the config values that differ, metrics);
 with ``--by`` it aggregates the metrics per group. Config keys may be named without their
-``config.`` prefix, in ``--where``, ``--by`` and ``--metrics`` alike. Several studies are merged.
+``config.`` prefix, in ``--where``, ``--by`` and ``--metrics`` alike; ``--by label`` groups by
+the paper's method names (``(0.5,0.5)-GAN + ℓ1``, ``WGAN-GP + ℓ1``...). Several studies are
+merged.
 
 Example usage:
     cryotune query studies/smoke
     cryotune query studies/fig5 --where "method == 'l2_ae' and eps > 0" --by method,eps
-    cryotune query studies/fig5 --by method,contamination,eps --metrics test_mse,test_psnr --agg mean,std,count
+    cryotune query studies/fig5 --by label,contamination,eps --metrics test_mse,test_psnr --agg mean,std,count
     cryotune query studies/fig5 --by method,eps --format csv --out fig5.csv
     cryotune query studies/table1 s3://lab/studies/table1-gpu --format parquet --out table1.parquet
 """
@@ -45,11 +47,16 @@ def _names(text: str | None) -> list[str]:
 
 def select(args: argparse.Namespace):
     """The frame ``args`` asks for: a trial listing or a grouped summary."""
-    from cryotune.results import load_study
+    import dataclasses
+
+    from cryotune.results import load_study, method_labels
 
     study = load_study(*args.studies)
     if args.where:
         study = study.query(args.where)
+    if "label" in _names(args.by) and "label" not in study.trials:  # the paper's method names
+        study = dataclasses.replace(study, trials=study.trials.assign(
+            label=method_labels(study.trials)))
     metrics = _names(args.metrics) or [m for m in _names(DEFAULT_METRICS) if m in study.trials]
     if args.by:
         return study.summary(by=_names(args.by), metrics=metrics, agg=_names(args.agg))
@@ -97,7 +104,10 @@ def print_frame(frame, out: str | None = None) -> None:
         with open(out, "w") as f:
             Console(file=f, width=200).print(table)
     else:
-        Console(highlight=False).print(table)
+        console = Console(highlight=False)
+        if not console.is_terminal:  # piped: no 80-column wrap
+            console = Console(highlight=False, width=200)
+        console.print(table)
 
 
 def _cell(value) -> str:

@@ -186,7 +186,7 @@ def print_outcome(outcome, spec) -> None:
     for row in trials[trials["status"] == "error"].itertuples():
         console.print(f"[red]error[/] {row.trial_id}: {row.error}")
     console.print(f"study: {outcome.study}")
-    console.print(f"query it: cryotune query {outcome.study} --by method,eps")
+    console.print(f"query it: cryotune query {outcome.study} --by label,eps")
 
 
 def print_plan(spec, *, address: str | None) -> None:

@@ -80,6 +80,9 @@ def test_table_and_two_studies(run, study, capsys, tmp_path):
     assert "l1_ae" in text and "l2_ae" in text and "wgan_gp" in text
     assert run(path, "--where", "status == 'finished'", "--format", "table") == 0
     assert "l1_ae-0.2-2" in capsys.readouterr().out
+    assert run(path, "--by", "label,eps", "--format", "csv") == 0  # the paper's names
+    labels = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))["label"]
+    assert set(labels) == {"ℓ1-AE", "ℓ2-AE"}
 
 
 def test_bad_queries_exit_2_naming_the_columns(run, study, capsys):
