@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 
 from cryotune.data.store import open_dataset
 from cryotune.nn.train import CHECKPOINT_NAME, Trainer
@@ -63,6 +64,7 @@ def test_smoke_sweep_end_to_end(tmp_path, caplog):
     for metric in ("test_mse", "test_psnr", "test_ssim", "train_mse", "wall_s"):
         assert np.isfinite(trials[metric]).all()
     assert study.specs["smoke"]["methods"] == spec.raw["methods"]
+    assert (trials["node_id"] == ray.get_runtime_context().get_node_id()).all()  # one node here
 
     test = open_dataset(store).read("test", ["noisy", "clean"])
     n = spec.train.get("gallery", 8)

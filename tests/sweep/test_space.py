@@ -131,3 +131,14 @@ def test_gpu_trials_without_a_gpu_fail_before_start():
     with pytest.raises(BadConfig) as info:
         fit_resources(_spec(resources={"gpu": 0.25}), 8, 0)
     assert info.value.where == "resources.gpu" and "--scale cpu" in info.value.fix
+
+
+def test_study_paths_for_folders_and_uris(tmp_path, monkeypatch):
+    from cryotune.sweep.run import study_paths
+
+    monkeypatch.chdir(tmp_path)
+    assert study_paths(_spec(storage="studies")) == (str(tmp_path / "studies"),
+                                                      str(tmp_path / "studies" / "t"))
+    assert study_paths(_spec(storage=f"file://{tmp_path}/s"))[1] == f"{tmp_path}/s/t"
+    assert study_paths(_spec(storage="s3://lab/studies/")) == ("s3://lab/studies/",
+                                                               "s3://lab/studies/t")
