@@ -16,7 +16,7 @@ Example::
     with Session(store, metric="test_mse", mode="min", epochs=10, total=6) as session:
         tuner = tune.Tuner(..., run_config=tune.RunConfig(callbacks=[StudyRecorder()]))
         tuner.fit()
-    print(session.counts)
+    print(sorted(session.recorded))
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Progress:
 
 
 class Session:
-    """One ``fit()``'s live state: the study store, the history seen, the counts.
+    """One ``fit()``'s live state: the study store, the results seen, the progress.
 
     Args:
         store: the study store to record into.
@@ -85,7 +85,6 @@ class Session:
         self.progress = Progress(total=total)
         self.on_progress = on_progress
         self.recorded = set(recorded)
-        self.statuses: dict[str, str] = {}
         self._results: dict[str, list[dict]] = defaultdict(list)
         self._start = time.monotonic()
         self._shown = 0.0
@@ -98,13 +97,6 @@ class Session:
     def __exit__(self, *exc: Any) -> None:
         global _ACTIVE
         _ACTIVE = None
-
-    @property
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = defaultdict(int)
-        for status in self.statuses.values():
-            out[status] += 1
-        return dict(out)
 
     # -- events -----------------------------------------------------------------------------
     def result(self, trial: Any, result: Mapping[str, Any]) -> None:
@@ -129,7 +121,6 @@ class Session:
         if gallery is not None:
             self.store.write_array(row["trial_id"], "gallery", np.load(io.BytesIO(gallery)))
         self.recorded.add(row["trial_id"])
-        self.statuses[row["trial_id"]] = row["status"]
         self.progress.ended.append(row)
         log.debug("recorded trial %s: %s", row["trial_id"], row["status"])
 
