@@ -36,6 +36,8 @@ from cryotune.sweep.spec import DatasetSpec, MethodSpec, Range, SweepSpec
 
 __all__ = [
     "DATA_KEYS",
+    "Fit",
+    "OptunaSpace",
     "fit_resources",
     "make_scheduler",
     "make_search",

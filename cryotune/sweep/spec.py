@@ -210,10 +210,6 @@ class SweepSpec:
             for key, value in m.params.items():
                 yield f"methods[{i}].{key}", value
 
-    @property
-    def metric_mode(self) -> tuple[str, str]:
-        return self.metric, self.mode
-
 
 # -- loading ----------------------------------------------------------------------------------
 
