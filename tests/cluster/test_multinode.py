@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 from localcluster import RAY, LocalCluster
 
-from cryotune.cli import COMMANDS
 from cryotune.results import load_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -37,11 +36,7 @@ SPACE = REPO / "search_spaces" / "smoke.yaml"
 SHRINK = ["--set", "methods=[{method: l1_ae}]", "--set", "seeds=2"]
 N_TRIALS = 4
 SWEEP_TIMEOUT_S = 480
-# `cryotune sweep` through the CLI; through its command module while the CLI does not list it
-SWEEP = ([sys.executable, "-m", "cryotune", "sweep"] if "sweep" in COMMANDS else
-         [sys.executable, "-c", "import argparse, sys; from cryotune.commands import sweep; "
-          "p = argparse.ArgumentParser(); sweep.add_args(p); "
-          "sys.exit(sweep.main(p.parse_args(sys.argv[1:])))"])
+SWEEP = [sys.executable, "-m", "cryotune", "sweep"]
 
 # One 1-CPU task pinned to each alive node; each reports the node it ran on and its
 # ancestor pids, so the test can tell which `ray start` process tree ran it.
