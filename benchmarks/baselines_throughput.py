@@ -24,15 +24,13 @@ os.environ["OMP_NUM_THREADS"] = "1"  # before numpy starts its thread pool
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import importlib.metadata  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _common import machine, write_section  # noqa: E402  (same folder)
 
 from cryotune.baselines import BASELINES, make_baseline  # noqa: E402
 from cryotune.data.geometry import quaternion_to_matrix, random_quaternions  # noqa: E402
@@ -44,24 +42,6 @@ REPORTS = Path(__file__).resolve().parent.parent / "reports" / "benchmarks"
 BEGIN, END = "<!-- baselines -->", "<!-- /baselines -->"
 SNR = 0.1
 METHODS = ("nlm", "ksvd", "cwf", "bm3d")
-
-
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    extras = {}
-    for package in ("bm3d", "aspire"):
-        try:
-            extras[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            extras[package] = None
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "extras": extras, "os": platform.platform(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def particles(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
@@ -138,15 +118,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run, print only")
@@ -163,12 +134,12 @@ def main(argv=None) -> int:
     report = {
         "benchmark": "baselines_throughput",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "threads": 1, "snr": SNR, "machine": machine(), "results": results,
+        "threads": 1, "snr": SNR, "machine": machine(extras=("bm3d", "aspire")), "results": results,
     }
     if not args.smoke:
         REPORTS.mkdir(parents=True, exist_ok=True)
         (REPORTS / "baselines.json").write_text(json.dumps(report, indent=1) + "\n")
-        write_section(REPORTS / "BENCHMARKS.md", markdown(report))
+        write_section(REPORTS / "BENCHMARKS.md", markdown(report), BEGIN, END)
     return 0
 
 

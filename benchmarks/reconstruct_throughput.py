@@ -30,7 +30,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from simulate_throughput import machine  # noqa: E402  (same folder: the shared machine record)
+from _common import machine, write_section  # noqa: E402  (same folder)
 
 from cryotune.data.geometry import quaternion_to_matrix, random_quaternions  # noqa: E402
 from cryotune.validate.reconstruct import reconstruct  # noqa: E402
@@ -110,18 +110,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path.with_suffix(".md.tmp-reconstruct")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run, print only")
@@ -150,7 +138,7 @@ def main(argv=None) -> int:
     if not args.smoke:
         REPORTS.mkdir(parents=True, exist_ok=True)
         (REPORTS / "reconstruct.json").write_text(json.dumps(report, indent=1) + "\n")
-        write_section(REPORTS / "BENCHMARKS.md", markdown(report))
+        write_section(REPORTS / "BENCHMARKS.md", markdown(report), BEGIN, END)
     return 0
 
 

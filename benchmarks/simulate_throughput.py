@@ -22,8 +22,6 @@ os.environ["OMP_NUM_THREADS"] = "1"  # before numpy and torch start their thread
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -31,6 +29,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import machine, write_section  # noqa: E402  (same folder)
 
 from cryotune.data.geometry import quaternion_to_matrix, random_quaternions  # noqa: E402
 from cryotune.data.molecules import builtin_conformations  # noqa: E402
@@ -40,18 +39,6 @@ from cryotune.data.store import DatasetWriter  # noqa: E402
 REPORTS = Path(__file__).resolve().parent.parent / "reports" / "benchmarks"
 TARGET = {"size": 64, "images_per_s": 1000}
 BEGIN, END = "<!-- simulate:begin -->", "<!-- simulate:end -->"
-
-
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "torch": torch.__version__, "os": platform.platform(),
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def best(fn, repeats: int) -> tuple[float, float]:
@@ -133,15 +120,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny run, print only")
@@ -162,7 +140,7 @@ def main(argv=None) -> int:
     if not args.smoke:
         REPORTS.mkdir(parents=True, exist_ok=True)
         (REPORTS / "simulate.json").write_text(json.dumps(report, indent=1) + "\n")
-        write_section(REPORTS / "BENCHMARKS.md", markdown(report))
+        write_section(REPORTS / "BENCHMARKS.md", markdown(report), BEGIN, END)
     return 0
 
 
