@@ -358,6 +358,29 @@ class Study:
         return Study(trials=trials.reset_index(drop=True), specs=self.specs, uris=self.uris,
                      _history=None, _sources=self._sources)
 
+    def best_trial(self, metric: str | None = None, mode: str | None = None) -> pd.Series:
+        """The finished trial with the best final ``metric`` (default: the sweep spec's metric
+        and mode, else test_mse / min); baselines and trials without a model are skipped.
+
+        Raises:
+            BadInput: no finished trial has a finite value of the metric and a checkpoint.
+        """
+        spec = next(iter(self.specs.values()), {}) if self.specs else {}
+        metric = metric or spec.get("metric", "test_mse")
+        mode = mode or spec.get("mode", "min")
+        column = _column(metric, self.trials.columns)
+        t = self.trials
+        ok = (t["status"] == "finished") & np.isfinite(pd.to_numeric(t[column], errors="coerce"))
+        if "checkpoint" in t:
+            ok &= t["checkpoint"].notna()
+        else:
+            ok &= False
+        if not ok.any():
+            raise BadInput(f"no finished trial with a model and a finite {metric}",
+                           ", ".join(self.uris), "let the sweep finish, or name a trial")
+        values = pd.to_numeric(t.loc[ok, column])
+        return t.loc[values.idxmin() if mode == "min" else values.idxmax()]
+
     def summary(
         self,
         by: Sequence[str] = ("config.method",),

@@ -124,3 +124,17 @@ def test_dataset_manifest_and_gallery(tmp_path):
     study = load_study(tmp_path / "s")
     assert study.datasets[("s", "snr0.1")]["snr"] == 0.1
     np.testing.assert_array_equal(study.dataset_array("s", "snr0.1", "gallery_clean"), clean)
+
+
+def test_best_trial_uses_the_spec_metric(tmp_path):
+    store = StudyStore(tmp_path, "s")
+    store.write_spec({"name": "s", "metric": "test_ssim", "mode": "max"})
+    for tid, mse, ssim, ckpt in (("a", 1e-3, 0.5, "/x/a.pt"), ("b", 2e-3, 0.9, "/x/b.pt"),
+                                 ("c", 1e-4, 0.99, None)):
+        store.record_trial({"trial_id": tid, "status": "finished", "checkpoint": ckpt,
+                            "metrics": {"test_mse": mse, "test_ssim": ssim}})
+    study = load_study(tmp_path / "s")
+    assert study.best_trial()["trial_id"] == "b"  # c has no model
+    assert study.best_trial("test_mse", "min")["trial_id"] == "a"
+    with pytest.raises(BadInput, match="no finished trial"):
+        study.query("trial_id == 'c'").best_trial()

@@ -116,6 +116,7 @@ class Session:
         self.record(row, history, trial.checkpoint)
 
     def record(self, row: dict, history: list[dict], checkpoint: Any) -> None:
+        row["checkpoint"] = _checkpoint_uri(checkpoint)
         self.store.record_trial(row, history)
         gallery = _read_checkpoint_file(checkpoint, GALLERY_FILE)
         if gallery is not None:
@@ -241,6 +242,17 @@ def _epoch_record(result: Mapping[str, Any]) -> dict:
     return {k: v for k, v in result.items()
             if k not in _TUNE_KEYS and k not in _BOOKKEEPING
             and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _checkpoint_uri(checkpoint: Any) -> str | None:
+    """Where the trial's last model lies (``cryotune denoise --model STUDY`` loads it)."""
+    if checkpoint is None:
+        return None
+    from cryotune.nn.train import CHECKPOINT_NAME
+
+    path = f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_NAME}"
+    scheme = {"local": "", "s3": "s3://", "gcs": "gs://"}.get(checkpoint.filesystem.type_name)
+    return path if scheme == "" else f"{scheme or checkpoint.filesystem.type_name + '://'}{path}"
 
 
 def _read_checkpoint_file(checkpoint: Any, name: str) -> bytes | None:

@@ -74,7 +74,8 @@ def test_smoke_sweep_end_to_end(tmp_path, caplog):
         assert epochs["test_mse"].iloc[-1] == pytest.approx(row.test_mse)
         assert row.best_test_mse == pytest.approx(epochs["test_mse"].min())
         # the table's metric and gallery, recomputed from the trial's own checkpoint with numpy
-        trainer = Trainer.load_checkpoint(_checkpoint(outcome.study, row.trial_id))
+        assert row.checkpoint == str(_checkpoint(outcome.study, row.trial_id))  # the last one
+        trainer = Trainer.load_checkpoint(row.checkpoint)
         denoised = trainer.denoise(np.array(test["noisy"]))
         mse = ((denoised - test["clean"]) ** 2).mean(axis=(1, 2))
         assert row.test_mse == pytest.approx(mse.mean(), rel=1e-4)
