@@ -4,12 +4,14 @@ The images stream through memory maps, --batch-size at a time, so a stack larger
 works. The output stack keeps the input's voxel size. A STAR input gives a STAR output with the
 same blocks and columns whose rlnImageName points at a new stack next to it (OUT with the
 suffix .mrcs), in the STAR file's particle order. Outputs are written atomically. The model
-must have been trained at the images' size.
+must have been trained at the images' size. ``--model`` also takes a study: its winning trial
+(the best finished trial by the sweep's metric, or ``--trial ID``) is used.
 
 Example usage:
 
     cryotune denoise --model runs/l1-gan/model.pt --input particles.mrcs --output denoised.mrcs
     cryotune denoise --model runs/l1-gan/model.pt --input run_data.star --output denoised.star
+    cryotune denoise --model studies/paper-fig5-robustness --input run_data.star --output denoised.star
     cryotune denoise --model model.pt --input particles.mrcs --output d.mrcs --device cpu --batch-size 256
 """
 
@@ -21,7 +23,11 @@ from pathlib import Path
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model.pt from 'cryotune train' or a sweep")
+    parser.add_argument("--model", required=True,
+                        help="model.pt from 'cryotune train', a sweep checkpoint, or a study folder "
+                             "(its best trial)")
+    parser.add_argument("--trial", default=None,
+                        help="with a study as --model: this trial instead of the best one")
     parser.add_argument("--input", required=True, help="particle stack (.mrcs/.mrc) or .star")
     parser.add_argument("--output", required=True,
                         help=".mrcs for a stack input, .star for a STAR input")
@@ -29,6 +35,44 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="where the model runs (default: CUDA when present)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="images per forward pass and per read (default 64)")
+
+
+def _model_path(model: str, trial: str | None) -> str:
+    """A checkpoint file: ``model`` itself, or the chosen trial's checkpoint in a study."""
+    import logging
+
+    from cryotune.errors import BadInput
+    from cryotune.results import load_study
+
+    if not (Path(model).is_dir() or "://" in model):
+        if trial is not None:
+            raise BadInput("--trial needs a study as --model", model, "pass the study folder")
+        return model
+    study = load_study(model)
+    if trial is None:
+        row = study.best_trial()
+    else:
+        rows = study.trials[study.trials["trial_id"] == trial]
+        if rows.empty:
+            raise BadInput(f"no trial {trial!r} in the study", model,
+                           "see the trial ids with `cryotune query STUDY --all`")
+        row = rows.iloc[0]
+    path = row.get("checkpoint")
+    if not isinstance(path, str):
+        raise BadInput(f"trial {row['trial_id']} has no model", model, "choose a finished trial")
+    logging.getLogger(__name__).info("using trial %s (test MSE %.3e): %s", row["trial_id"],
+                                     row.get("test_mse", float("nan")), path)
+    if "://" in path:  # a remote study: fetch the checkpoint once into a local temporary file
+        import tempfile
+
+        import pyarrow.fs as pafs
+
+        fs, remote = pafs.FileSystem.from_uri(path)
+        local = Path(tempfile.mkdtemp(prefix="cryotune-model-")) / "checkpoint.pt"
+        with fs.open_input_stream(remote) as src, open(local, "wb") as dst:
+            dst.write(src.read())
+        return str(local)
+    return path
 
 
 def _check_paths(src: Path, out: Path) -> bool:
@@ -63,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
     from cryotune.data.star import read_particles, stack_image_names, write_particles
     from cryotune.nn.train import Trainer
 
-    trainer = Trainer.load_checkpoint(args.model, device=args.device)
+    trainer = Trainer.load_checkpoint(_model_path(args.model, args.trial), device=args.device)
     shape = trainer.image_shape
 
     def check_size(stack) -> None:

@@ -8,10 +8,12 @@ import threading
 import time
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pytest
 import ray
 
+from cryotune.cli import main as cli_main
 from cryotune.data.store import open_dataset
 from cryotune.nn.train import CHECKPOINT_NAME, Trainer
 from cryotune.results import dataset_key, load_study
@@ -83,6 +85,18 @@ def test_smoke_sweep_end_to_end(tmp_path, caplog):
                                    atol=1e-6)
     np.testing.assert_array_equal(study.dataset_array("smoke", key, "gallery_noisy"),
                                   test["noisy"][:n])
+
+    # the winning model denoises a user's stack: `cryotune denoise --model STUDY`
+    best = trials.loc[trials["test_mse"].idxmin()]
+    stack = tmp_path / "particles.mrcs"
+    with mrcfile.new(stack) as m:
+        m.set_data(np.array(test["noisy"][:5]))
+        m.set_image_stack()
+    assert cli_main(["denoise", "--model", outcome.study, "--input", str(stack),
+                     "--output", str(tmp_path / "denoised.mrcs")]) == 0
+    with mrcfile.open(tmp_path / "denoised.mrcs") as m:
+        expected = Trainer.load_checkpoint(best["checkpoint"]).denoise(np.array(test["noisy"][:5]))
+        np.testing.assert_allclose(m.data, expected, atol=1e-6)
 
     # trials ran concurrently: two were running at once, and their time spans overlap
     assert max(running for running, _ in snapshots) == 2
