@@ -26,6 +26,7 @@ COMMANDS = (
     "status",
     "query",
     "baselines",
+    "validate",
     "report",
 )
 

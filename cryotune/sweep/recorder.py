@@ -36,6 +36,7 @@ from ray import tune
 from cryotune.errors import CryotuneError
 from cryotune.results import StudyStore, finite_or_none
 from cryotune.sweep.trainable import GALLERY_FILE, HISTORY_FILE
+from cryotune.validate.record import VALIDATION_FILE, from_bytes, record_trial_validation
 
 __all__ = ["Progress", "Session", "StudyRecorder", "study_trial_id", "trial_row"]
 
@@ -117,6 +118,10 @@ class Session:
 
     def record(self, row: dict, history: list[dict], checkpoint: Any) -> None:
         row["checkpoint"] = _checkpoint_uri(checkpoint)
+        validation = _read_checkpoint_file(checkpoint, VALIDATION_FILE)
+        if validation is not None:
+            row.update(record_trial_validation(self.store, row["trial_id"],
+                                               from_bytes(validation)))
         self.store.record_trial(row, history)
         gallery = _read_checkpoint_file(checkpoint, GALLERY_FILE)
         if gallery is not None:

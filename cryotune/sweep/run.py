@@ -256,9 +256,12 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, resume: bool = Fal
     fit = _fit(spec)
     pipelines, gallery = _pipelines(spec, datasets, store)
     keys = {d.spec.key: (d.key, d.snr) for d in datasets}
+    what = tuple(spec.validate)
+    references = _references(datasets, what, store) if what else None
     fn = tune.with_resources(
         tune.with_parameters(run_trial, pipelines=pipelines, gallery=gallery,
-                             threads=fit.threads, gpu_share=fit.gpu),
+                             threads=fit.threads, gpu_share=fit.gpu,
+                             validation=references, what=what),
         {"cpu": fit.cpu, "gpu": fit.gpu})
     if restorable and resume:
         tuner = tune.Tuner.restore(study, trainable=fn, resume_unfinished=True,
@@ -331,6 +334,21 @@ def _pipelines(spec: SweepSpec, datasets: list[PreparedDataset], store: StudySto
                                                 "gallery_noisy": ref["noisy"],
                                                 "gallery_ids": ref["id"]})
     return pipelines, gallery
+
+
+def _references(datasets: list[PreparedDataset], what: tuple[str, ...], store: StudyStore):
+    """Each dataset's validation reference for the trials; the clean and noisy test images'
+    own validation goes to the study once, next to the dataset."""
+    from cryotune.validate.record import REFERENCES, record_references
+    from cryotune.validate.study import load_reference, validate_images
+
+    out = {}
+    for d in datasets:
+        ref = load_reference(d.path)
+        record_references(store, d.key, d.manifest,
+                          {n: validate_images(ref, getattr(ref, n), what) for n in REFERENCES})
+        out[d.key] = ref
+    return out
 
 
 def _stored_spec(study: str) -> dict | None:

@@ -8,6 +8,8 @@ the trial's own contamination and seed, and reports every epoch with ``tune.repo
     checkpoint.pt   the Trainer's whole state (models, optimisers, epoch, RNG states, history)
     history.json    one record per epoch so far (the driver reads it without torch)
     gallery.npy     the denoised fixed gallery images (the first test images)
+    validation.npz  after the last epoch of a study with ``validate:``, the FSC and clustering
+                    of the denoised test split (:mod:`cryotune.validate.record`)
 
 A trial restarted after its worker died resumes from ``tune.get_checkpoint()``; the epochs
 after that checkpoint run again and their records replace the first ones. A
@@ -51,7 +53,8 @@ _NAN_METRICS = ("test_mse", "test_psnr", "test_ssim", "train_mse")
 
 
 def run_trial(config: Mapping[str, Any], *, pipelines: Mapping[str, Any],
-              gallery: Mapping[str, np.ndarray], threads: int, gpu_share: float) -> None:
+              gallery: Mapping[str, np.ndarray], threads: int, gpu_share: float,
+              validation: Mapping[str, Any] | None = None, what: tuple[str, ...] = ()) -> None:
     """Train one trial to its last epoch, reporting each epoch to Tune.
 
     Args:
@@ -60,6 +63,9 @@ def run_trial(config: Mapping[str, Any], *, pipelines: Mapping[str, Any],
         gallery: the noisy gallery images per dataset key (n x H x W).
         threads: torch CPU threads (from the trial's CPUs).
         gpu_share: the trial's GPU fraction; caps its CUDA memory when below 1.
+        validation: the :class:`~cryotune.validate.study.Reference` per dataset key, when the
+            study validates.
+        what: the validations to run after the last epoch (``fsc``, ``clustering``).
     """
     from cryotune.nn.train import CHECKPOINT_NAME, Trainer
 
@@ -95,6 +101,8 @@ def run_trial(config: Mapping[str, Any], *, pipelines: Mapping[str, Any],
         if (every and trainer.epoch % every == 0) or trainer.epoch == cfg.epochs:
             with tempfile.TemporaryDirectory(prefix="cryotune-ckpt-") as folder:
                 _write_checkpoint(trainer, Path(folder), noisy_gallery, CHECKPOINT_NAME)
+                if trainer.epoch == cfg.epochs and what and validation:
+                    _write_validation(trainer, Path(folder), validation[trial["dataset"]], what)
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
         else:
             tune.report(result)
@@ -105,6 +113,14 @@ def _write_checkpoint(trainer: Any, folder: Path, noisy_gallery: np.ndarray, nam
     (folder / HISTORY_FILE).write_text(json.dumps(trainer.history))
     if trainer.config.gallery and len(noisy_gallery):
         np.save(folder / GALLERY_FILE, trainer.gallery(noisy_gallery), allow_pickle=False)
+
+
+def _write_validation(trainer: Any, folder: Path, reference: Any, what: tuple[str, ...]) -> None:
+    from cryotune.validate.record import VALIDATION_FILE, to_bytes
+    from cryotune.validate.study import validate_images
+
+    result = validate_images(reference, trainer.denoise(reference.noisy), what)
+    (folder / VALIDATION_FILE).write_bytes(to_bytes(result))
 
 
 def _limit_gpu_memory(share: float) -> None:

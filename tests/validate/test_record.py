@@ -1,0 +1,95 @@
+"""Validation in studies: a sweep with ``validate:`` writes the columns and arrays; ``cryotune
+validate`` fills them in afterwards for a finished study."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cryotune.results import load_study
+from cryotune.validate.record import from_bytes, to_bytes
+from cryotune.validate.study import Validation
+
+SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+COLUMNS = ("fsc_res_0143_A", "fsc_res_05_A", "fsc_truth_res_0143_A", "fsc_half_res_0143_A",
+           "cluster_acc", "cluster_acc_all")
+
+
+def test_npz_round_trip():
+    v = Validation({"fsc_res_0143_A": 12.5, "cluster_n": 40}, {"fsc_freq": np.arange(3.0)},
+                   "needs poses")
+    back = from_bytes(to_bytes(v))
+    assert back.scalars == {"fsc_res_0143_A": 12.5, "cluster_n": 40.0}
+    np.testing.assert_array_equal(back.arrays["fsc_freq"], np.arange(3.0))
+    assert back.needs == "needs poses"
+    assert from_bytes(to_bytes(Validation({}, {}, None))).needs is None
+
+
+def _spec(tmp_path, validate):
+    from cryotune.sweep.spec import load_spec
+
+    overrides = [f"storage={tmp_path}", "methods=[{method: l2_ae}]", "eps=[0]", "epochs=1",
+                 "dataset.simulate.size=32", "dataset.simulate.n_train=40",
+                 "dataset.simulate.n_test=120", "train.width=4", "train.gallery=2",
+                 "max_concurrent=1", f"validate={validate}", "name=v"]
+    return load_spec(SPACES / "smoke.yaml", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def validated_study(tmp_path_factory, ray_session):
+    from cryotune.sweep.run import run_sweep
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    outcome = run_sweep(_spec(tmp, "[fsc, clustering]"))
+    assert outcome.counts == {"finished": 1}
+    return outcome.study
+
+
+def test_sweep_writes_validation_columns_and_arrays(validated_study):
+    study = load_study(validated_study)
+    row = study.trials.iloc[0]
+    for name in COLUMNS:
+        assert np.isfinite(row[name]), name
+    assert row["fsc_vs_truth"] == 1 and row["fsc_res_0143_A"] == row["fsc_truth_res_0143_A"]
+    assert row["validate_needs"] is None
+    pixel = next(iter(study.datasets.values()))["pixel_size"]
+    # resolutions lie between Nyquist and the box size
+    assert 2 * pixel <= row["fsc_res_0143_A"] <= 32 * pixel
+    curve = study.array("v", row["trial_id"], "fsc_truth_curve")
+    freq = study.array("v", row["trial_id"], "fsc_freq")
+    assert curve.shape == freq.shape == (17,)
+    np.testing.assert_allclose(freq * pixel, np.arange(17) / 32)
+    assert study.array("v", row["trial_id"], "volume_views").shape == (4, 32, 32)
+    labels = study.array("v", row["trial_id"], "cluster_labels")
+    assert len(labels) == row["cluster_n"] == len(study.array("v", row["trial_id"],
+                                                               "cluster_embedding"))
+    # clean and noisy references once per dataset: the clean images resolve at least as well
+    (_, key), manifest = next(iter(study.datasets.items()))
+    ref = manifest["validation"]
+    assert ref["clean"]["fsc_truth_res_0143_A"] <= ref["noisy"]["fsc_truth_res_0143_A"]
+    assert study.dataset_array("v", key, "validate_clean_fsc_truth_curve").shape == (17,)
+
+
+def test_cli_validate_updates_a_finished_study(tmp_path, ray_session):
+    from cryotune.sweep.run import run_sweep
+
+    outcome = run_sweep(_spec(tmp_path, "[]"))
+    before = load_study(outcome.study).trials
+    assert "fsc_res_0143_A" not in before
+    proc = subprocess.run([sys.executable, "-m", "cryotune.cli", "validate", outcome.study,
+                           "--what", "fsc"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "trial_00000" in proc.stdout
+    after = load_study(outcome.study).trials
+    assert len(after) == len(before) == 1
+    assert np.isfinite(after["fsc_res_0143_A"].iloc[0]) and "cluster_acc" not in after
+    for name in before.columns:  # every other column is kept
+        a, b = after[name].iloc[0], before[name].iloc[0]
+        assert (a == b) or (a != a and b != b), name
+    bad = subprocess.run([sys.executable, "-m", "cryotune.cli", "validate", outcome.study,
+                          "--what", "resolution"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown validation 'resolution'" in bad.stderr
