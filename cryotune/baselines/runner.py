@@ -43,14 +43,20 @@ def score(denoised: np.ndarray, clean: np.ndarray) -> dict[str, float]:
     return result
 
 
-def _run_one(name: str, noisy: np.ndarray, clean: np.ndarray, sigma: float, gallery: int) -> dict:
+def _run_one(name: str, noisy: np.ndarray, clean: np.ndarray, sigma: float, gallery: int,
+             reference=None, validate: tuple[str, ...] = ()) -> dict:
     from cryotune.baselines import make_baseline
 
     start = time.perf_counter()
     denoised = make_baseline(name).denoise(noisy, sigma=sigma)
     wall = time.perf_counter() - start
     result = score(denoised, clean)
-    return {"metrics": result, "wall_s": wall, "gallery": denoised[:gallery].astype(np.float32)}
+    out = {"metrics": result, "wall_s": wall, "gallery": denoised[:gallery].astype(np.float32)}
+    if validate:
+        from cryotune.validate.study import validate_images
+
+        out["validation"] = validate_images(reference, denoised, validate)
+    return out
 
 
 def run_baselines(
@@ -61,6 +67,7 @@ def run_baselines(
     gallery: int = 8,
     limit: int | None = None,
     address: str | None = None,
+    validate: Sequence[str] = (),
 ) -> list[dict]:
     """Denoise the test split with each baseline (one Ray task each) and record the rows.
 
@@ -71,6 +78,8 @@ def run_baselines(
         gallery: how many leading test images to keep as the gallery.
         limit: evaluate only the first ``limit`` test images (for quick looks).
         address: a Ray cluster to run on (default: embedded Ray).
+        validate: any of ``fsc`` and ``clustering``: the same validation columns as a sweep's
+            trials (:mod:`cryotune.validate.study`), and the clean and noisy references.
 
     Returns:
         The recorded rows.
@@ -81,6 +90,9 @@ def run_baselines(
 
     for m in methods:  # an unknown name or a missing optional extra fails before any work
         make_baseline(m, path="--methods")
+    from cryotune.validate.study import check_what
+
+    validate = check_what(validate, "--validate")
     ds = open_dataset(dataset_path)
     n = ds.count("test") if limit is None else min(limit, ds.count("test"))
     test = ds.read("test", ["noisy", "clean"], stop=n)
@@ -91,6 +103,15 @@ def run_baselines(
     store.write_dataset(key, ds.manifest, {
         "gallery_clean": test["clean"][:gallery], "gallery_noisy": test["noisy"][:gallery]})
 
+    reference = None
+    if validate:
+        from cryotune.validate.record import REFERENCES, record_references
+        from cryotune.validate.study import load_reference, validate_images
+
+        reference = load_reference(dataset_path, limit=n)
+        record_references(store, key, ds.manifest, {
+            r: validate_images(reference, getattr(reference, r), validate) for r in REFERENCES})
+
     from cryotune._ray import init_ray
 
     init_ray(address)
@@ -98,7 +119,9 @@ def run_baselines(
 
     task = ray.remote(num_cpus=1)(_run_one)
     noisy_ref, clean_ref = ray.put(test["noisy"]), ray.put(test["clean"])
-    pending = {task.remote(m, noisy_ref, clean_ref, sigma, gallery): m for m in methods}
+    reference_ref = ray.put(reference)
+    pending = {task.remote(m, noisy_ref, clean_ref, sigma, gallery, reference_ref, validate): m
+               for m in methods}
     rows = []
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
@@ -115,6 +138,10 @@ def run_baselines(
         else:
             store.write_array(row["trial_id"], "gallery", result["gallery"])
             row.update(status="finished", metrics=result["metrics"], wall_s=result["wall_s"])
+            if "validation" in result:
+                from cryotune.validate.record import record_trial_validation
+
+                row.update(record_trial_validation(store, row["trial_id"], result["validation"]))
             log.info("%s: test MSE %.3e (%.1f s)", method, result["metrics"]["test_mse"], result["wall_s"])
         store.record_trial(row)
         rows.append(row)

@@ -9,6 +9,7 @@ extra with a non-commercial licence: ``pip install 'cryotune[bm3d]'``).
 Example usage:
     cryotune baselines data/rnap-32 --study studies/table1
     cryotune baselines data/rnap-32 --study studies/table1 --methods nlm,cwf --limit 200
+    cryotune baselines data/rnap-32 --study studies/table1 --validate fsc,clustering
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N test images")
     parser.add_argument("--gallery", type=int, default=8, help="test images kept for the gallery")
     parser.add_argument("--address", default=None, help="a Ray cluster address (default: embedded Ray)")
+    parser.add_argument("--validate", default="",
+                        help="also validate the denoised test split: fsc, clustering (comma-separated)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -34,7 +37,8 @@ def main(args: argparse.Namespace) -> int:
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = run_baselines(args.dataset, args.study, methods=methods, gallery=args.gallery,
-                         limit=args.limit, address=args.address)
+                         limit=args.limit, address=args.address,
+                         validate=[v for v in args.validate.split(",") if v.strip()])
     table = Table("baseline", "status", "test MSE", "PSNR", "SSIM", "seconds")
     for r in rows:
         m = r.get("metrics", {})

@@ -93,3 +93,19 @@ def test_cli_validate_updates_a_finished_study(tmp_path, ray_session):
     bad = subprocess.run([sys.executable, "-m", "cryotune.cli", "validate", outcome.study,
                           "--what", "resolution"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown validation 'resolution'" in bad.stderr
+
+
+def test_baselines_get_the_validation_columns(tmp_path, ray_session):
+    from cryotune.baselines.runner import run_baselines
+    from cryotune.data.simulate import simulate
+
+    store = simulate(tmp_path / "sim", size=32, n_train=20, n_test=100, snr=0.1, seed=1)
+    rows = run_baselines(store, tmp_path / "study", methods=["cwf"], validate=["fsc"])
+    assert rows[0]["status"] == "finished"
+    study = load_study(tmp_path / "study")
+    row = study.trials.iloc[0]
+    assert np.isfinite(row["fsc_res_0143_A"]) and row["fsc_vs_truth"] == 1
+    assert "cluster_acc" not in study.trials
+    assert study.array("study", row["trial_id"], "fsc_truth_curve").shape == (17,)
+    ref = next(iter(study.datasets.values()))["validation"]
+    assert ref["clean"]["fsc_res_0143_A"] < ref["noisy"]["fsc_res_0143_A"]
