@@ -1,0 +1,147 @@
+"""Sweep efficiency: ASHA against the full grid on the same small space.
+
+``search_spaces/smoke.yaml`` with overrides (16 px simulated pairs, width 8, a handful of method
+x eps configurations, a few epochs) is swept twice through ``run_sweep``: with the FIFO scheduler
+(every configuration to the last epoch: the grid) and with ASHA (grace period 1, reduction
+factor 3, ``max_t`` = epochs). The grid's best configuration is the one with the lowest final
+test MSE; ASHA finds it when its own best finished trial has the same configuration, or one
+whose grid test MSE is within one standard deviation (``test_mse_std``, over test images) of
+the grid's best. The figure is ASHA's trial-epochs (every epoch every trial ran, so an upper
+bound on the epochs spent until the find) over the grid's; target <= 35%. Wall-clock and
+driver CPU seconds of each sweep and the load average are recorded. Writes
+``reports/benchmarks/sweep_efficiency.json`` and the "sweep" section of
+``reports/benchmarks/BENCHMARKS.md``.
+
+Example::
+
+    .venv/bin/python benchmarks/sweep_efficiency.py           # a few minutes; writes the reports
+    .venv/bin/python benchmarks/sweep_efficiency.py --smoke   # 2 configs x 1 epoch; prints only
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before numpy and torch start their thread pools
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from _common import REPORTS, load_average, machine, write_section  # noqa: E402  (same folder)
+
+from cryotune.results import load_study  # noqa: E402
+from cryotune.sweep.run import run_sweep  # noqa: E402
+from cryotune.sweep.spec import load_spec  # noqa: E402
+
+BEGIN, END = "<!-- sweep:begin -->", "<!-- sweep:end -->"
+SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"
+TARGET = 0.35
+CONFIG = ("config.method", "config.alpha", "config.beta", "config.eps")
+FULL = {"methods": [{"method": "l1_ae"}, {"method": "l2_ae"},
+                    {"method": "beta_gan", "pairs": [[0.5, 0.5]], "p": 1},
+                    {"method": "wgan_gp", "p": 1}],
+        "eps": [0, 0.2], "epochs": 9}
+SMOKE = {"methods": [{"method": "l1_ae"}, {"method": "l2_ae"}], "eps": [0], "epochs": 1}
+
+
+def sweep(storage: Path, name: str, preset: dict, scheduler: str) -> tuple[dict, object]:
+    """Run one sweep; returns its timings and the loaded study's trials."""
+    overrides = [f"name={name}", f"storage={storage}", f"epochs={preset['epochs']}",
+                 f"methods={json.dumps(preset['methods'])}", f"eps={json.dumps(preset['eps'])}",
+                 "checkpoint_every=0", f"scheduler={{type: {scheduler}, grace_period: 1, "
+                 "reduction_factor: 3}"]
+    spec = load_spec(SPACE, overrides=overrides)
+    w, c = time.perf_counter(), time.process_time()
+    outcome = run_sweep(spec)
+    timing = {"wall_s": round(time.perf_counter() - w, 1),
+              "driver_cpu_s": round(time.process_time() - c, 1), "counts": outcome.counts}
+    return timing, load_study(outcome.study).trials
+
+
+def key(row) -> tuple:
+    return tuple(str(row[c]) if c in row else "" for c in CONFIG)
+
+
+def compare(grid, asha) -> dict:
+    """ASHA's trial-epochs over the grid's, and whether ASHA's best is the grid's best."""
+    grid = grid[grid["status"] == "finished"]
+    best = grid.loc[grid["test_mse"].idxmin()]
+    by_config = {key(row): row for _, row in grid.iterrows()}
+    done = asha[asha["status"] == "finished"]
+    pick = done.loc[done["test_mse"].idxmin()]
+    pick_grid_mse = float(by_config[key(pick)]["test_mse"])
+    found = key(pick) == key(best) or pick_grid_mse <= best["test_mse"] + best["test_mse_std"]
+    grid_epochs, asha_epochs = int(grid["epochs"].sum()), int(asha["epochs"].sum())
+    return {"configs": len(grid), "grid_trial_epochs": grid_epochs,
+            "asha_trial_epochs": asha_epochs, "fraction": round(asha_epochs / grid_epochs, 3),
+            "grid_best": dict(zip(CONFIG, key(best), strict=True)),
+            "grid_best_test_mse": float(best["test_mse"]),
+            "grid_best_test_mse_std": float(best["test_mse_std"]),
+            "asha_best": dict(zip(CONFIG, key(pick), strict=True)),
+            "asha_best_grid_test_mse": pick_grid_mse, "same_config": key(pick) == key(best),
+            "found": bool(found), "asha_epochs_per_trial": sorted(int(e) for e in asha["epochs"])}
+
+
+def markdown(report: dict) -> str:
+    r, m = report["results"], report["machine"]
+    met = r["found"] and r["fraction"] <= TARGET
+    lines = [
+        BEGIN,
+        "## sweep: ASHA against the full grid",
+        "",
+        f"`benchmarks/sweep_efficiency.py`, {report['created']}: `search_spaces/smoke.yaml` "
+        f"(16 px, width 8) with {r['configs']} method x eps configurations, "
+        f"{report['epochs']} epochs; ASHA with grace period 1 and reduction factor 3.",
+        "",
+        "| sweep | trial-epochs | wall s | driver CPU s |",
+        "|---|---|---|---|",
+        f"| grid (FIFO) | {r['grid_trial_epochs']} | {report['grid']['wall_s']} | "
+        f"{report['grid']['driver_cpu_s']} |",
+        f"| ASHA | {r['asha_trial_epochs']} | {report['asha']['wall_s']} | "
+        f"{report['asha']['driver_cpu_s']} |",
+        "",
+        f"Grid best: {r['grid_best']} (test MSE {r['grid_best_test_mse']:.5g} +- "
+        f"{r['grid_best_test_mse_std']:.2g}); ASHA's best: {r['asha_best']} (grid test MSE "
+        f"{r['asha_best_grid_test_mse']:.5g}; {'same configuration' if r['same_config'] else 'another configuration'}"
+        f", {'within' if r['found'] else 'not within'} one std). ASHA spent "
+        f"{100 * r['fraction']:.1f}% of the grid's trial-epochs (target <= {100 * TARGET:g}%): "
+        f"{'met' if met else 'not met'}.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}. Load average at start "
+        f"{', '.join(map(str, m['load_average']))}, at end "
+        f"{', '.join(map(str, report['load_average_end']))} (a shared machine).",
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="2 configs x 1 epoch, print only")
+    args = parser.parse_args(argv)
+    preset = SMOKE if args.smoke else FULL
+    host = machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        grid_t, grid = sweep(Path(tmp), "grid", preset, "fifo")
+        asha_t, asha = sweep(Path(tmp), "asha", preset, "asha")
+    report = {
+        "benchmark": "sweep_efficiency",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "epochs": preset["epochs"], "machine": host, "load_average_end": load_average(),
+        "grid": grid_t, "asha": asha_t, "results": compare(grid, asha), "target": TARGET,
+    }
+    print(json.dumps(report, indent=1, default=str))
+    if not args.smoke:
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        (REPORTS / "sweep_efficiency.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        write_section(REPORTS / "BENCHMARKS.md", markdown(report), BEGIN, END)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
