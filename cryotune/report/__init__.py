@@ -3,7 +3,8 @@
 Sections appear when the studies hold the data for them and say what is missing otherwise:
 overview, Table 1 (methods x SNR), Table 2 (the (alpha, beta) grid), Table 4 (lambda),
 Fig. 5e-g (test MSE against eps per contamination type), Fig. 2 (training stability), the
-gallery (Fig. 5a) and the robustness summary with findings computed from the data.
+gallery (Fig. 5a), the downstream validation (FSC, volumes, clustering: Fig. 5b-d, 5h-j, 7a)
+and the robustness summary with findings computed from the data.
 
 Example::
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from cryotune.report import figures_sections as figs
 from cryotune.report import tables
+from cryotune.report import validation as val
 from cryotune.report.html import page
 from cryotune.results import Study
 
@@ -45,6 +47,11 @@ def render(study: Study, *, title: str | None = None) -> str:
         ("fig5", "Fig. 5e-g: robustness to contamination", figs.fig5(t)),
         ("fig2", "Fig. 2: training stability", figs.fig2(study, t)),
         ("gallery", "Gallery (Fig. 5a)", figs.gallery(study, t)),
+        ("fsc", "Fig. 5b-d: reconstruction and FSC", val.fsc_section(study, t)),
+        ("volumes", "Fig. 5b-c: reconstructed volumes", val.volumes_section(study, t)),
+        ("volumes-a", "Fig. 5h-j: volumes under type A contamination",
+         val.contamination_section(study, t)),
+        ("clustering", "Fig. 7a: conformation clustering", val.clustering_section(study, t)),
         ("summary", "Robustness summary", figs.robustness(t)),
     ]
     return page(title, subtitle, sections)
