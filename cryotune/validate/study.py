@@ -137,7 +137,7 @@ def load_reference(path: str | Path, *, limit: int | None = None) -> Reference:
             atoms = Atoms.from_npz(file)
             truth[k] = render_volume(atoms, ds.image_shape[0], ds.pixel_size) * np.float32(scale)
     return Reference(pixel_size=ds.pixel_size, ids=np.asarray(test["id"]),
-                     clean=np.asarray(test["clean"]), noisy=np.asarray(test["noisy"]),
+                     clean=np.array(test["clean"]), noisy=np.array(test["noisy"]),  # writable
                      conformation=np.asarray(test["conformation"]), rotations=rotations,
                      shifts=shifts, ctf=ctf_map, truth=truth)
 

@@ -3,8 +3,6 @@ validate`` fills them in afterwards for a finished study."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,25 +72,31 @@ def test_sweep_writes_validation_columns_and_arrays(validated_study):
     assert study.dataset_array("v", key, "validate_clean_fsc_truth_curve").shape == (17,)
 
 
-def test_cli_validate_updates_a_finished_study(tmp_path, ray_session):
-    from cryotune.sweep.run import run_sweep
+def test_cli_validate_updates_a_finished_study(validated_study, capsys):
+    from cryotune.cli import main
+    from cryotune.results import StudyStore
 
-    outcome = run_sweep(_spec(tmp_path, "[]"))
-    before = load_study(outcome.study).trials
+    # the row as a sweep without validate: leaves it: no validation columns
+    validated = load_study(validated_study).trials.iloc[0].to_dict()
+    plain = {k: v for k, v in validated.items()
+             if k != "study" and not k.startswith(("fsc_", "cluster_", "validate_"))}
+    root, name = validated_study.rsplit("/", 1)
+    StudyStore(root, name).record_trial(plain)
+    before = load_study(validated_study).trials
     assert "fsc_res_0143_A" not in before
-    proc = subprocess.run([sys.executable, "-m", "cryotune.cli", "validate", outcome.study,
-                           "--what", "fsc"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "trial_00000" in proc.stdout
-    after = load_study(outcome.study).trials
+    assert main(["validate", validated_study, "--what", "fsc"]) == 0
+    assert "trial_00000" in capsys.readouterr().out
+    after = load_study(validated_study).trials
     assert len(after) == len(before) == 1
-    assert np.isfinite(after["fsc_res_0143_A"].iloc[0]) and "cluster_acc" not in after
-    for name in before.columns:  # every other column is kept
-        a, b = after[name].iloc[0], before[name].iloc[0]
-        assert (a == b) or (a != a and b != b), name
-    bad = subprocess.run([sys.executable, "-m", "cryotune.cli", "validate", outcome.study,
-                          "--what", "resolution"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "unknown validation 'resolution'" in bad.stderr
+    # the same model, data and seed give the sweep's own numbers back
+    for column in ("fsc_res_0143_A", "fsc_truth_res_05_A", "fsc_half_res_0143_A"):
+        assert after[column].iloc[0] == pytest.approx(validated[column], rel=1e-6)
+    assert "cluster_acc" not in after
+    for column in before.columns:  # every other column is kept
+        a, b = after[column].iloc[0], before[column].iloc[0]
+        assert (a == b) or (a != a and b != b), column
+    assert main(["validate", validated_study, "--what", "resolution"]) == 2
+    assert "unknown validation 'resolution'" in capsys.readouterr().err
 
 
 def test_baselines_get_the_validation_columns(tmp_path, ray_session):
