@@ -293,9 +293,9 @@ class Study:
                       if (f := _read_table(fs, _join(path, HISTORY_DIR))) is not None]
             hist = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
                 columns=["study", "trial_id", "epoch"])
-            keys = set(zip(self.trials["study"], self.trials["trial_id"], strict=True))
-            mask = [k in keys for k in zip(hist["study"], hist["trial_id"], strict=True)]
-            hist = hist[np.asarray(mask, dtype=bool)] if len(hist) else hist
+            if len(hist):  # vectorised: a study of 10,000 trials has a million history rows
+                keys = pd.MultiIndex.from_arrays([self.trials["study"], self.trials["trial_id"]])
+                hist = hist[pd.MultiIndex.from_arrays([hist["study"], hist["trial_id"]]).isin(keys)]
             self._history = hist.sort_values(["study", "trial_id", "epoch"]).reset_index(drop=True)
         return self._history
 

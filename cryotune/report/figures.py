@@ -86,7 +86,8 @@ def line_chart(
     lo_y = [y - e for y, e in e_ok]
     hi_y = [y + e for y, e in e_ok]
     if log_y:
-        lo_y = [fy(max(v, min(y for y, _ in e_ok if y > 0) / 2)) for v in lo_y]
+        floor = min(y for y, _ in e_ok if y > 0) / 2  # once, not once per point
+        lo_y = [fy(max(v, floor)) for v in lo_y]
         hi_y = [fy(v) for v in hi_y if v > 0]
     if hline is not None:
         lo_y.append(fy(hline[0]))
