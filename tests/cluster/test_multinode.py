@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from localcluster import RAY, LocalCluster
 
@@ -72,7 +73,8 @@ def sweep_args(name: str, storage: str, *, epochs: int = 1, concurrent: int = 2)
 
 
 def check_complete(study_uri: str, epochs: int):
-    """The study's tables hold every trial, finished, with one history row per epoch."""
+    """The study's tables hold every trial, finished, with one history row per epoch, and
+    every trial's gallery (read by the driver from the trial's last checkpoint)."""
     study = load_study(study_uri)
     trials, history = study.trials, study.history
     assert len(trials) == N_TRIALS and trials["trial_id"].is_unique
@@ -84,6 +86,13 @@ def check_complete(study_uri: str, epochs: int):
     assert sorted(trials["config.seed"]) == [0, 0, 1, 1]
     per_trial = history.groupby("trial_id")["epoch"].apply(sorted).to_dict()
     assert per_trial == {t: list(range(1, epochs + 1)) for t in trials["trial_id"]}
+    (name,), (key,) = set(trials["study"]), set(trials["config.dataset"])
+    reference = study.dataset_array(name, key, "gallery_noisy")
+    assert reference is not None and reference.shape[1:] == (16, 16)
+    for trial_id in trials["trial_id"]:
+        gallery = study.array(name, trial_id, "gallery")
+        assert gallery is not None and gallery.shape == reference.shape, trial_id
+        assert np.isfinite(gallery).all()
     return trials
 
 
