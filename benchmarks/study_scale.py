@@ -8,7 +8,8 @@ rewrites the whole trials table on every call, so its cost at the study's size i
 separately (a few calls into a fresh study, and one call into the full one). Then, wall-clock
 beside process CPU time, medians of a few repeats: ``load_study`` (trials table), the history
 (10,000 per-trial files, read on first use), ``Study.query`` (target < 1 s), ``Study.summary``
-and ``cryotune.report.render`` (target < 10 s). Writes ``reports/benchmarks/study_scale.json``
+and ``cryotune.report.render`` alone and from a fresh ``load_study`` with its history, as
+``cryotune report`` runs it (target < 10 s). Writes ``reports/benchmarks/study_scale.json``
 and the "study" section of ``reports/benchmarks/BENCHMARKS.md``.
 
 Example::
@@ -39,7 +40,7 @@ from cryotune.report import render
 from cryotune.results import StudyStore, load_study
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
-TARGETS = {"query_s": 1.0, "render_s": 10.0}
+TARGETS = {"query_s": 1.0, "report_s": 10.0}
 QUERY = "method == 'beta_gan' and eps > 0.1 and contamination == 'C'"
 METHODS = (("l2_ae", None, None, 2), ("l1_ae", None, None, 1), ("js_gan", 0.0, 0.0, 1),
            ("wgan", None, None, 1), ("wgan_gp", None, None, 1), ("beta_gan", 0.5, 0.5, 1),
@@ -121,6 +122,7 @@ def measure(root: Path, repeats: int) -> dict:
         "query": lambda: study.query(QUERY),
         "summary": lambda: study.summary(by=("method", "contamination", "eps")),
         "render": lambda: render(study),
+        "report": lambda: render(load_study(path)),  # as `cryotune report` does: history included
     }
     for name, fn in steps.items():
         out[f"{name}_s"], out[f"{name}_cpu_s"] = median_time(fn, repeats)
@@ -149,8 +151,9 @@ def markdown(report: dict) -> str:
                        ("load_history", "`load_study(...).history` (all epochs)"),
                        ("query", f"`Study.query(\"{QUERY}\")`"),
                        ("summary", "`Study.summary(by=(method, contamination, eps))`"),
-                       ("render", "`cryotune.report.render`")):
-        target = {"query": "< 1 s", "render": "< 10 s"}.get(key, "")
+                       ("render", "`cryotune.report.render` (history already loaded)"),
+                       ("report", "`render(load_study(...))`: the whole report")):
+        target = {"query": "< 1 s", "report": "< 10 s"}.get(key, "")
         if target:
             ok = r[f"{key}_s"] < TARGETS[f"{key}_s"]
             target += f": {'met' if ok else 'not met'}"
