@@ -43,8 +43,9 @@ SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"
 TARGET = 0.35
 CONFIG = ("config.method", "config.alpha", "config.beta", "config.eps")
 FULL = {"methods": [{"method": "l1_ae"}, {"method": "l2_ae"},
-                    {"method": "beta_gan", "pairs": [[0.5, 0.5]], "p": 1}],
-        "eps": [0, 0.2], "epochs": 9}
+                    {"method": "beta_gan", "pairs": [[0.5, 0.5]], "p": 1},
+                    {"method": "wgan_gp", "p": 1}],
+        "eps": [0, 0.1, 0.2], "epochs": 9}
 SMOKE = {"methods": [{"method": "l1_ae"}, {"method": "l2_ae"}], "eps": [0], "epochs": 1}
 
 
@@ -86,6 +87,12 @@ def compare(grid, asha) -> dict:
             "found": bool(found), "asha_epochs_per_trial": sorted(int(e) for e in asha["epochs"])}
 
 
+def label(config: dict) -> str:
+    """``beta_gan (0.5, 0.5), eps 0.2`` from the stringified config columns."""
+    ab = f" ({config['config.alpha']}, {config['config.beta']})" if config["config.alpha"] != "nan" else ""
+    return f"{config['config.method']}{ab}, eps {config['config.eps']}"
+
+
 def markdown(report: dict) -> str:
     r, m = report["results"], report["machine"]
     met = r["found"] and r["fraction"] <= TARGET
@@ -104,8 +111,8 @@ def markdown(report: dict) -> str:
         f"| ASHA | {r['asha_trial_epochs']} | {report['asha']['wall_s']} | "
         f"{report['asha']['driver_cpu_s']} |",
         "",
-        f"Grid best: {r['grid_best']} (test MSE {r['grid_best_test_mse']:.5g} +- "
-        f"{r['grid_best_test_mse_std']:.2g}); ASHA's best: {r['asha_best']} (grid test MSE "
+        f"Grid best: {label(r['grid_best'])} (test MSE {r['grid_best_test_mse']:.5g} +- "
+        f"{r['grid_best_test_mse_std']:.2g}); ASHA's best: {label(r['asha_best'])} (grid test MSE "
         f"{r['asha_best_grid_test_mse']:.5g}; {'same configuration' if r['same_config'] else 'another configuration'}"
         f", {'within' if r['found'] else 'not within'} one std). ASHA spent "
         f"{100 * r['fraction']:.1f}% of the grid's trial-epochs (target <= {100 * TARGET:g}%): "
