@@ -69,8 +69,11 @@ def trial(tune_config: dict, pipe: DataPipeline) -> None:
 
 
 def run_trial(pipe: DataPipeline, width: int, epochs: int, storage: Path) -> list[dict]:
+    import ray.cloudpickle
     from ray import tune
 
+    if __name__ != "__main__":  # imported (tests, bench): Ray's workers cannot import this folder
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     storage.mkdir(parents=True, exist_ok=True)
     log = Path(tempfile.mkstemp(suffix=".jsonl", dir=storage)[1])
     tuner = tune.Tuner(

@@ -67,3 +67,12 @@ def test_sweep_efficiency_smoke(scripts, capsys, ray_session):
     assert r["configs"] == 2 and r["grid_trial_epochs"] == 2  # 2 configs x 1 epoch
     assert 0 < r["asha_trial_epochs"] <= r["grid_trial_epochs"]
     assert r["fraction"] == pytest.approx(r["asha_trial_epochs"] / r["grid_trial_epochs"], abs=1e-3)
+
+
+def test_trainer_overhead_smoke(scripts, capsys, ray_session):
+    report = run_smoke(scripts, "trainer_overhead", capsys)
+    (r,) = report["results"]
+    assert r["size"] == 16 and r["images"] == 40
+    for clock in ("wall", "cpu"):
+        assert r[f"ratio_{clock}"] == pytest.approx(
+            r[f"trial_images_per_s_{clock}"] / r[f"bare_images_per_s_{clock}"], rel=1e-2)
