@@ -28,6 +28,7 @@ COMMANDS = (
     "baselines",
     "validate",
     "report",
+    "bench",
 )
 
 
