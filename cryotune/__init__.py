@@ -12,6 +12,8 @@ Heavy stacks (torch, Ray) load only when the name that needs them is used.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _package_version
 from typing import TYPE_CHECKING, Any
 
 from cryotune.errors import (
@@ -22,6 +24,11 @@ from cryotune.errors import (
     Diverged,
     MissingExtra,
 )
+
+try:
+    __version__ = _package_version("cryotune")
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:  # pragma: no cover
     from cryotune.config import TrainConfig

@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from cryotune import __version__
 from cryotune.errors import CryotuneError
 
 # The explicit list of subcommands, in the order ``--help`` shows them.
@@ -32,21 +33,12 @@ COMMANDS = (
 )
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cryotune")
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "0+unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cryotune",
         description="Hyperparameter studies of robust cryo-EM image denoisers on Ray.",
     )
-    parser.add_argument("--version", action="version", version=f"cryotune {_version()}")
+    parser.add_argument("--version", action="version", version=f"cryotune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

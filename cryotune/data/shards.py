@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 __all__ = ["COLUMNS", "FORMATS", "META", "SCHEMA_VERSION", "SPLITS", "MrcShard",
-           "cryotune_version", "empty_columns", "numpy_to_table", "sha256", "table_to_numpy", "write_mrcs", "write_parquet"]
+           "empty_columns", "numpy_to_table", "sha256", "table_to_numpy", "write_mrcs", "write_parquet"]
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "test")
@@ -51,16 +51,6 @@ class MrcShard(NamedTuple):
     noisy: Path
     meta: Path
     rows: int
-
-
-def cryotune_version() -> str:
-    """The installed cryotune version, stamped into manifests and Parquet metadata."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("cryotune")
-    except PackageNotFoundError:  # a source tree that is not installed
-        return "0+unknown"
 
 
 def sha256(path: Path) -> str:

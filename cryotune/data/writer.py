@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from cryotune import __version__
 from cryotune.data.shards import (
     FORMATS,
     META,
     SCHEMA_VERSION,
     SPLITS,
-    cryotune_version,
     sha256,
     write_mrcs,
     write_parquet,
@@ -218,7 +218,7 @@ class DatasetWriter:
         index = len(self._shards[split])
         entry: dict[str, Any] = {"rows": rows, "sha256": {}}
         (self.tmp / split).mkdir(exist_ok=True)
-        metadata = {"cryotune_version": cryotune_version(), "dataset": self.name, "split": split}
+        metadata = {"cryotune_version": __version__, "dataset": self.name, "split": split}
         if "parquet" in self.formats:
             entry["parquet"] = f"{split}/part-{index:05d}.parquet"
             write_parquet(self.tmp / entry["parquet"], shard, metadata)
@@ -259,7 +259,7 @@ class DatasetWriter:
         manifest = {
             "schema_version": SCHEMA_VERSION, "name": self.name, "kind": self.kind,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "cryotune_version": cryotune_version(), "command": self.command,
+            "cryotune_version": __version__, "command": self.command,
             "image_shape": list(self.image_shape), "pixel_size": self.pixel_size, "dtype": "float32",
             "snr": None, "snr_measured": None, "snr_convention": SNR_CONVENTION,
             "normalization": None, "formats": list(self.formats), "stats": stats,

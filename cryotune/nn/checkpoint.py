@@ -87,12 +87,12 @@ def write_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    from cryotune.data.shards import cryotune_version
+    from cryotune import __version__
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stamped = {"format": FORMAT, "format_version": FORMAT_VERSION,
-               "cryotune_version": cryotune_version(), **payload}
+               "cryotune_version": __version__, **payload}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
