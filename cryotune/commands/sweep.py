@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(spec, address=args.address or os.environ.get("RAY_ADDRESS"))
         return 0
-    from cryotune.cli import _version
+    from cryotune import __version__
     from cryotune.sweep.run import run_sweep
 
     started_ray = "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
@@ -87,7 +87,7 @@ def main(args: argparse.Namespace) -> int:
         with view:
             outcome = run_sweep(spec, address=args.address, resume=args.resume,
                                 verbose=args.verbose, on_progress=view.update,
-                                provenance={"cryotune_version": _version(),
+                                provenance={"cryotune_version": __version__,
                                             "command": " ".join(["cryotune", *sys.argv[1:]])})
         print_outcome(outcome, spec)
     finally:

@@ -8,7 +8,7 @@ never with ``ray.init`` in the pytest process, which may hold the session's embe
 
 Stopping kills exactly the processes this helper started and their descendants (Ray's
 workers run in process groups of their own, so the tree is walked through ``/proc``); it
-never calls ``ray stop``, which would end every Ray instance on a shared machine.
+never uses Ray's stop-everything command, which would end every Ray instance on a shared machine.
 
 Example::
 
@@ -34,6 +34,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from proctree import alive, descendants
 
 from cryotune._ray import QUIET_ENV
 
@@ -91,36 +93,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _children() -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        out.setdefault(ppid, []).append(int(entry))
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it (Linux ``/proc``)."""
-    tree, found = _children(), [pid]
-    for parent in found:
-        found.extend(tree.get(parent, []))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @dataclass
 class Node:
     """One ``ray start --block`` child process and everything it started."""
@@ -133,8 +105,8 @@ class Node:
     def pids(self) -> list[int]:
         """Current and previously seen processes of this node that are still alive."""
         if self.proc.poll() is None:
-            self.seen.update(descendants(self.proc.pid))
-        return [p for p in sorted(self.seen | {self.proc.pid}) if _alive(p)]
+            self.seen.update([self.proc.pid, *descendants(self.proc.pid)])
+        return [p for p in sorted(self.seen | {self.proc.pid}) if alive(p)]
 
     def kill(self, sig: int = signal.SIGKILL, grace_s: float = 5.0) -> None:
         """Send ``sig`` to this node's process group and tree; SIGKILL what outlives grace_s."""
@@ -146,7 +118,7 @@ class Node:
         for pid in pids:
             _signal(pid, sig)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        while time.monotonic() < deadline and any(alive(p) for p in pids):
             self.proc.poll()
             time.sleep(0.1)
         for pid in self.pids():
@@ -302,7 +274,7 @@ class LocalCluster:
         try:
             out, err = proc.communicate(timeout=timeout_s or self.timeout_s)
         except subprocess.TimeoutExpired:
-            for pid in descendants(proc.pid):
+            for pid in [proc.pid, *descendants(proc.pid)]:
                 _signal(pid, signal.SIGKILL)
             out, err = proc.communicate()
             raise AssertionError(f"{proc.args[:4]} timed out\n{err[-3000:]}\n{self.logs()}") from None
@@ -330,7 +302,7 @@ class LocalCluster:
         proc = self.spawn([sys.executable, "-c", _HOLD_HEAD_CPUS, self.address, str(cpus)])
 
         def release() -> None:
-            for pid in descendants(proc.pid):
+            for pid in [proc.pid, *descendants(proc.pid)]:
                 _signal(pid, signal.SIGKILL)
             proc.wait(timeout=self.timeout_s)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from proctree import alive, descendants, session_members
 
 from cryotune import cli
 from cryotune.results import load_study
@@ -111,48 +112,6 @@ def test_errored_trials_exit_1_and_are_recorded_once(run, capsys, tmp_path, toy_
     assert len(again) == 2 and again["trial_id"].is_unique
 
 
-def _children():
-    kids = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            kids.setdefault(int(fields[1]), []).append(int(entry))
-    return kids
-
-
-def _descendants(pid):
-    kids, out, todo = _children(), [], [pid]
-    while todo:
-        for child in kids.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _session_members(sid):
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
-
-
-def _alive(pid):
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 @pytest.mark.timeout(420)
@@ -171,7 +130,7 @@ def test_a_killed_driver_resumes_without_duplicates(run, tmp_path, toy_store):
         deadline = time.monotonic() + 240
         finished = pd.DataFrame()
         while time.monotonic() < deadline and driver.poll() is None:
-            caused.update(_descendants(driver.pid))
+            caused.update(descendants(driver.pid))
             table = study / "trials.parquet"
             if table.exists():
                 finished = pd.read_parquet(table)
@@ -180,14 +139,14 @@ def test_a_killed_driver_resumes_without_duplicates(run, tmp_path, toy_store):
             time.sleep(0.2)
         assert driver.poll() is None, log.read_text()
         assert len(finished) >= 1
-        caused.update(_descendants(driver.pid))
+        caused.update(descendants(driver.pid))
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         # Ray's agents outlive a killed driver: end every process this test caused, by pid
         for _ in range(50):
-            caused.update(_session_members(driver.pid))
-            left = [p for p in caused if _alive(p)]
+            caused.update(session_members(driver.pid))
+            left = [p for p in caused if alive(p)]
             if not left:
                 break
             for pid in left:
@@ -196,7 +155,7 @@ def test_a_killed_driver_resumes_without_duplicates(run, tmp_path, toy_store):
                 except ProcessLookupError:
                     pass
             time.sleep(0.2)
-    assert not [p for p in caused if _alive(p)]
+    assert not [p for p in caused if alive(p)]
     assert "INFO" not in log.read_text()  # Ray's own logs stay off without --verbose
     before = finished[finished["status"] == "finished"].set_index("trial_id")
 

@@ -12,6 +12,7 @@ import mrcfile
 import numpy as np
 import pytest
 import ray
+from proctree import descendants
 
 from cryotune.cli import main as cli_main
 from cryotune.data.store import open_dataset
@@ -146,29 +147,6 @@ def test_a_diverged_trial_does_not_stop_the_sweep(make_spec):
     assert "non-finite" in trials.loc["l2_ae", "error"]
     assert np.isnan(trials.loc["l2_ae", "test_mse"])  # never a NaN or inf value, a missing one
     assert trials.loc["l1_ae", "epochs"] == 2 and np.isfinite(trials.loc["l1_ae", "test_mse"])
-
-
-def _children():
-    kids = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
-def descendants(pid):
-    """Every process below ``pid`` (children, their children...), from /proc."""
-    kids, out, todo = _children(), [], [pid]
-    while todo:
-        for child in kids.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def cmdline(pid):
