@@ -1,7 +1,8 @@
 """Process trees from Linux /proc, for tests that must stop exactly what they started.
 
 Ray's workers run in process groups and sessions of their own, so killing a process group is
-not enough: tests walk the parent links instead. Never ``ray stop`` or pkill on a shared machine.
+not enough: tests walk the parent links instead, and never stop every Ray instance or kill
+processes by name on a shared machine.
 """
 
 from __future__ import annotations
