@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The paper's robustness comparison at CPU scale (reports/reproduction/REPRODUCTION.md):
+# the four paper search spaces with --scale cpu (32 px, width 16) and the overrides below,
+# the classical baselines, and one report over all of them. About 95 minutes on 2 cores.
+# Usage: scripts/reproduce-cpu.sh [PYTHON]    (re-running resumes unfinished studies)
+#
+# Trials are not repeated across studies: the report merges the studies, so Table 1's SNR 0.1
+# trials are Fig. 5's eps = 0 points, Table 2's (1,1) and (.5,.5) rows and Table 4's lambda = 10
+# and l1-AE rows.
+set -euo pipefail
+PY=${1:-.venv/bin/python}
+OUT=${CRYOTUNE_REPRO_OUT:-repro-out}
+STORE="$OUT/studies"
+COMMON=(--scale cpu --storage "$STORE" --set epochs=6 --set max_concurrent=2)
+
+sweep() {  # sweep NAME [--set ...]: run search_spaces/NAME.yaml, or resume it
+  local name=$1; shift
+  if [ -f "$STORE/$name/spec.yaml" ]; then
+    "$PY" -m cryotune sweep "$STORE/$name" --resume
+  else
+    "$PY" -m cryotune sweep "search_spaces/$name.yaml" "${COMMON[@]}" "$@"
+  fi
+}
+
+# Table 1: 6 methods x SNR 0.1 and 0.05 x 3 seeds, eps = 0 (36 trials)
+sweep paper-table1
+# Table 1's classical rows on the same test images (both SNRs)
+for dataset in "$STORE"/paper-table1/simulated/*/; do
+  "$PY" -m cryotune baselines "$dataset" --study "$STORE/paper-table1" --methods nlm,ksvd,cwf --validate fsc
+done
+# Fig. 5: 6 methods x types A, B, C at eps 0.3 x 2 seeds (36 trials; eps 0 from Table 1)
+sweep paper-fig5-robustness --set 'eps=[0.3]' --set seeds=2
+# Table 4: (.5,.5)-GAN + lambda l1 for the seven lambdas besides 10, one seed (7 trials)
+sweep paper-table4-lambda --set seeds=1 --set 'lambda=[0.1, 1, 5, 50, 100, 500, 10000]' \
+  --set 'methods=[{method: beta_gan, pairs: [[0.5, 0.5]], p: 1}]'
+# Table 2: the six (alpha, beta) pairs besides (1,1) and (.5,.5), both SNRs, one seed (12 trials)
+sweep paper-table2-alpha-beta --set seeds=1 \
+  --set 'methods=[{method: beta_gan, pairs: [[-0.5, -0.5], [-1, -1], [1, -1], [0.5, -0.5], [0, 0], [0.1, -0.1]], p: 1}]'
+
+mkdir -p reports/reproduction
+"$PY" -m cryotune report "$STORE"/paper-table1 "$STORE"/paper-fig5-robustness \
+  "$STORE"/paper-table4-lambda "$STORE"/paper-table2-alpha-beta \
+  --title "cryotune: the paper's robustness comparison at CPU scale" \
+  -o reports/reproduction/robustness.html
