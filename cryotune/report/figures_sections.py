@@ -9,7 +9,7 @@ import pandas as pd
 
 from cryotune.report.figures import Series, line_chart, png_data_uri
 from cryotune.report.html import esc, fmt, missing, table
-from cryotune.report.tables import GAN_METHODS, aggregate, usable
+from cryotune.report.tables import GAN_METHODS, aggregate, at_reference_lambda, usable
 from cryotune.results import Study
 
 TYPES = {"A": "type A: reference replaced", "B": "type B: noisy image replaced",
@@ -17,11 +17,17 @@ TYPES = {"A": "type A: reference replaced", "B": "type B: noisy image replaced",
 
 
 def _robust_frame(t: pd.DataFrame) -> pd.DataFrame:
-    """Finished learned-method trials with the eps = 0 rows repeated under every type."""
+    """Finished learned-method trials with the eps = 0 rows repeated under every type.
+
+    Only methods run under contamination at that SNR take part: the eps = 0 rows of the
+    (alpha, beta) grid or the lambda ablation have no contaminated counterpart.
+    """
     u = usable(t)
     if u.empty:
         return u
-    u = u[u["config.method"].isin(("l1_ae", "l2_ae") + GAN_METHODS)]
+    u = at_reference_lambda(u[u["config.method"].isin(("l1_ae", "l2_ae") + GAN_METHODS)])
+    contaminated = set(zip(u.loc[u["eps"] > 0, "snr"].fillna(-1.0), u.loc[u["eps"] > 0, "label"], strict=True))
+    u = u[[(s, lab) in contaminated for s, lab in zip(u["snr"].fillna(-1.0), u["label"], strict=True)]]
     clean = u[u["eps"] == 0]
     parts = [u[u["eps"] > 0]] + [clean.assign(ctype=c) for c in TYPES]
     return pd.concat(parts, ignore_index=True)

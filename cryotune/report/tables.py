@@ -41,7 +41,7 @@ def prepare(study: Study) -> pd.DataFrame:
     """Trials with display columns: label, key, snr, eps, ctype, lam."""
     t = study.trials.copy()
     for name in ("config.method", "config.eps", "config.contamination", "config.lambda",
-                 "config.seed", "config.dataset", "config.snr", "wall_s"):
+                 "config.alpha", "config.beta", "config.seed", "config.dataset", "config.snr", "wall_s"):
         if name not in t:
             t[name] = np.nan
     if t.empty:
@@ -68,6 +68,45 @@ def usable(t: pd.DataFrame) -> pd.DataFrame:
         return t.iloc[0:0]
     ok = t["status"].isin(["finished"]) & np.isfinite(pd.to_numeric(t["test_mse"], errors="coerce"))
     return t[ok]
+
+
+TABLE1_PAIRS = ((1.0, 1.0), (0.5, 0.5))  # the (alpha, beta)-GANs of the paper's Table 1
+REFERENCE_LAMBDA = 10.0  # the paper's lambda for every GAN + l1 row outside Table 4
+
+
+def at_reference_lambda(t: pd.DataFrame) -> pd.DataFrame:
+    """Drop the lambda ablation: GAN rows keep one lambda per method, 10 when it was run.
+
+    A method run at a single lambda keeps it (a study at lambda 5 only still has its rows);
+    where several were run (Table 4), the others belong to the lambda table alone.
+    """
+    if t.empty:
+        return t
+    gan = t["config.method"].isin(GAN_METHODS)
+    keep = ~gan
+    for _, g in t[gan].groupby("label_nolam", dropna=False):
+        lams = g["lam"].dropna()
+        if lams.nunique() <= 1:
+            keep[g.index] = True
+            continue
+        ref = REFERENCE_LAMBDA if (lams == REFERENCE_LAMBDA).any() else lams.mode().iloc[0]
+        keep[g.index] = (g["lam"] == ref) | g["lam"].isna()
+    return t[keep]
+
+
+def table1_methods(t: pd.DataFrame) -> pd.DataFrame:
+    """The rows of Table 1: lambda ablation dropped and, when the paper's two (alpha, beta)
+    pairs were run, the other pairs left to Table 2."""
+    t = at_reference_lambda(t)
+    beta = t["config.method"] == "beta_gan"
+    if not beta.any():
+        return t
+    pairs = list(zip(pd.to_numeric(t["config.alpha"], errors="coerce"),
+                     pd.to_numeric(t["config.beta"], errors="coerce"), strict=True))
+    in_table1 = pd.Series([p in TABLE1_PAIRS for p in pairs], index=t.index)
+    if not (beta & in_table1).any():
+        return t
+    return t[~beta | in_table1]
 
 
 def aggregate(t: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -177,7 +216,7 @@ def overview(study: Study, t: pd.DataFrame) -> str:
 
 def table1(t: pd.DataFrame) -> str:
     clean = usable(t)
-    clean = clean[clean["eps"] == 0]
+    clean = table1_methods(clean[clean["eps"] == 0])
     if clean.empty:
         return missing("No finished trials without contamination (eps = 0): run a sweep with eps 0, "
                        "e.g. search_spaces/paper-table1.yaml, and `cryotune baselines`.")
@@ -193,13 +232,15 @@ def table1(t: pd.DataFrame) -> str:
 
     note = ('<p class="note">Mean(std) over seeds, eps = 0. Bold: the best mean and every mean within '
             "one of its own standard deviations of it. Grey rows: the paper's numbers for the same "
-            "method and SNR (RNAP, 128 px, 25,000 pairs): a reference, not the same data.</p>")
+            "method and SNR (RNAP, 128 px, 25,000 pairs): a reference, not the same data. "
+            "GAN rows at λ = 10 and the paper's two (α, β) pairs; other λ and pairs are in "
+            "Tables 4 and 2.</p>")
     return note + metric_table(agg, "label", "snr", row_label="method / SNR", paper_ref=ref)
 
 
 def table2(t: pd.DataFrame) -> str:
     gans = usable(t)
-    gans = gans[(gans["eps"] == 0) & (gans["config.method"].isin(["beta_gan", "js_gan"]))]
+    gans = at_reference_lambda(gans[(gans["eps"] == 0) & (gans["config.method"].isin(["beta_gan", "js_gan"]))])
     if gans.empty or gans["key"].nunique() < 2:
         return missing("Needs finished (alpha, beta)-GAN trials with at least two (alpha, beta) pairs "
                        "at eps = 0 (search_spaces/paper-table2-alpha-beta.yaml).")
@@ -220,16 +261,24 @@ def table4(t: pd.DataFrame) -> str:
     if groups.empty:
         return missing("Needs finished GAN trials of one method at two or more lambdas, eps = 0 "
                        "(search_spaces/paper-table4-lambda.yaml).")
+    l1 = usable(t)
+    l1 = l1[(l1["eps"] == 0) & (l1["config.method"] == "l1_ae")]
     out = []
     for label in groups.index:
         sub = gans[gans["label_nolam"] == label]
         agg = aggregate(sub, ["lam", "snr"]).sort_values(["lam", "snr"]).reset_index(drop=True)
         agg["lam_label"] = agg["lam"].map(lambda v: f"{v:g}")
+        limit = l1[l1["snr"].isin(sub["snr"].dropna().unique()) | (l1["snr"].isna() & sub["snr"].isna().any())]
+        if not limit.empty:  # the limit lambda -> infinity the paper compares to
+            ae = aggregate(limit, ["snr"]).assign(lam=np.inf, lam_label="∞ (ℓ1-AE)")
+            agg = pd.concat([agg, ae], ignore_index=True)
         key = sub["key"].iloc[0]
 
         def ref(lam_label, snr, key=key):
             if key != "beta_gan(0.5,0.5)+l1" or pd.isna(snr) or round(float(snr), 4) != 0.1:
                 return None
+            if lam_label.startswith("∞"):  # the paper's Table 1 l1-AE row
+                return paper.TABLE1.get(("l1_ae", 0.1))
             return paper.TABLE4.get(float(lam_label))
 
         out.append(f"<h3>{esc(label)}</h3>" + metric_table(agg, "lam_label", "snr", row_label="λ / SNR", paper_ref=ref))

@@ -112,3 +112,34 @@ def test_empty_study_says_what_is_missing(tmp_path):
     StudyStore(tmp_path, "e").record_trial({"trial_id": "x", "status": "error", "error": "boom"})
     html = render(load_study(tmp_path / "e"))
     assert html.count('class="missing"') >= 5
+
+
+def _section(html, anchor):
+    start = html.index(f'id="{anchor}"')
+    nxt = re.search(r'<section|<h2 id=', html[start + 10:])
+    return html[start:start + 10 + (nxt.start() if nxt else len(html))]
+
+
+def test_merged_ablation_studies_stay_in_their_tables(tmp_path):
+    """A lambda ablation and an (alpha, beta) grid merged with a robustness study: their eps = 0
+    rows go to Tables 4 and 2 and stay out of Table 1 and Fig. 5."""
+    path, expected = make_study(tmp_path)
+    store = StudyStore(tmp_path, "ablation")
+    store.write_spec({"name": "ablation", "epochs": 3})
+    variants = [{"alpha": 0.5, "beta": 0.5, "lambda": lam} for lam in (0.1, 1000.0)]
+    variants += [{"alpha": -1.0, "beta": -1.0, "lambda": 10.0}]
+    for i, v in enumerate(variants):
+        config = {"method": "beta_gan", "p": 1, **v, "eps": 0.0, "contamination": "none",
+                  "seed": 0, "dataset": "d0", "snr": 0.1}
+        store.record_trial({"trial_id": f"a{i}", "status": "finished", "epochs": 3, "config": config,
+                            "metrics": {"test_mse": 5e-3 + i * 1e-4, "test_psnr": 23.0, "test_ssim": 0.7}})
+    html = render(load_study(path, tmp_path / "ablation"))
+    table1, table2 = _section(html, "table1"), _section(html, "table2")
+    table4, fig5 = _section(html, "table4"), _section(html, "fig5")
+    assert "λ=0.1" not in table1 and "(-1,-1)" not in table1 and "(0.5,0.5)-GAN + ℓ1" in table1
+    assert "(-1,-1)-GAN + ℓ1" in table2 and "λ=" not in table2
+    assert "(-1,-1)" not in fig5 and "λ=" not in fig5
+    # Table 4: lambda 0.1, 10 (from the robustness study) and 1000, then the l1-AE limit
+    assert ">0.1<" in table4 and ">1000<" in table4 and "∞ (ℓ1-AE)" in table4
+    l1 = np.mean(expected[("l1_ae", "none", 0.0)])
+    assert f"{l1:.2e}".replace("e-0", "e-") in table4
