@@ -11,8 +11,10 @@ The steps of :func:`run_sweep`:
    :class:`~cryotune.data.pipeline.DataPipeline` per dataset reads the store once (kept in the
    object store when it fits, streamed from the shards otherwise) and goes to every trial with
    ``tune.with_parameters``; each trial adds only its own order, contamination and batching.
-3. Trial resources follow :func:`cryotune.sweep.space.fit_resources`: trial CPUs x concurrent
-   trials <= CPUs - 1, so Ray Data always has a core (``RAY_NOTES.md``: without it reads hang).
+3. Trial resources follow :func:`cryotune.sweep.space.fit_resources`, fitted to the CPUs and
+   GPUs of each node alive when the sweep starts, so Ray Data always has a whole CPU on some
+   node (``RAY_NOTES.md``: without it reads hang). One node: trial CPUs x concurrent trials <=
+   CPUs - 1. Several nodes: whole trial CPUs, trials counted node by node.
 4. The Tuner runs with the study folder as its experiment folder, ``FailureConfig(max_failures)``
    (a dead worker's trial restarts from its last checkpoint) and the
    :class:`~cryotune.sweep.recorder.StudyRecorder` callback, which writes each ended trial's
@@ -309,13 +311,15 @@ def _quiet_tune_logs(verbose: bool):
 
 
 def _fit(spec: SweepSpec) -> Fit:
+    """Fit the trials to the nodes alive now; nodes an autoscaler adds later are not counted."""
     import ray
 
-    resources = ray.cluster_resources()
-    fit = fit_resources(spec, resources.get("CPU", 1), resources.get("GPU", 0))
-    if fit.adjusted:
-        log.warning("trials get %g CPU each (asked %g) so that %d run at once and Ray Data keeps "
-                    "a core", fit.cpu, spec.resources.cpu, fit.concurrent)
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    fit = fit_resources(spec, [r.get("CPU", 0) for r in nodes], [r.get("GPU", 0) for r in nodes])
+    limit = spec.max_concurrent
+    if fit.adjusted or (limit is not None and fit.concurrent < limit):
+        log.warning("trials get %g CPU each (asked %g), %d at once (max_concurrent %s): %s",
+                    fit.cpu, spec.resources.cpu, fit.concurrent, limit, fit.rule)
     return fit
 
 

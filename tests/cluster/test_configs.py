@@ -230,8 +230,8 @@ def _kuberay_workers() -> tuple[int, float, float]:
 def test_the_fig5_trials_fit_the_gpu_nodes_and_leave_ray_data_a_whole_cpu(workers):
     n, cpus, gpus = workers()
     spec = load_spec(REPO / FIG5)
-    fit = fit_resources(spec, n * cpus, n * gpus)  # the head has no CPUs for trials
-    assert fit.gpu == spec.resources.gpu > 0 and not fit.adjusted
+    fit = fit_resources(spec, [0] + [cpus] * n, [0] + [gpus] * n)  # a head with no CPUs
+    assert fit.gpu == spec.resources.gpu > 0 and not fit.adjusted and fit.nodes == n
     # whole trial CPUs: a 1-CPU Ray Data task cannot use half CPUs left on two nodes
     assert fit.cpu == int(fit.cpu) >= 1
     per_node = min(math.floor(cpus / fit.cpu), math.floor(gpus / fit.gpu + 1e-9))
