@@ -22,15 +22,12 @@ import os
 
 os.environ["OMP_NUM_THREADS"] = "1"  # before numpy starts its thread pool
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _common import machine, write_section  # noqa: E402  (same folder)
+from _common import finish, machine, machine_line, parser, record, section  # noqa: E402
 
 from cryotune.baselines import BASELINES, make_baseline  # noqa: E402
 from cryotune.data.geometry import quaternion_to_matrix, random_quaternions  # noqa: E402
@@ -38,8 +35,7 @@ from cryotune.data.molecules import builtin_conformations  # noqa: E402
 from cryotune.data.simulate import fit_pixel_size, project  # noqa: E402
 from cryotune.errors import MissingExtra  # noqa: E402
 
-REPORTS = Path(__file__).resolve().parent.parent / "reports" / "benchmarks"
-BEGIN, END = "<!-- baselines -->", "<!-- /baselines -->"
+MARKS = ("<!-- baselines -->", "<!-- /baselines -->")
 SNR = 0.1
 METHODS = ("nlm", "ksvd", "cwf", "bm3d")
 
@@ -83,10 +79,7 @@ def measure(method: str, clean: np.ndarray, noisy: np.ndarray, sigma: float) -> 
 
 
 def markdown(report: dict) -> str:
-    m = report["machine"]
-    extras = ", ".join(f"{k} {v}" if v else f"{k} not installed" for k, v in m["extras"].items())
     lines = [
-        BEGIN,
         "## baselines: images per second on one core",
         "",
         f"`benchmarks/baselines_throughput.py`, {report['created']}: one `denoise` call per "
@@ -110,18 +103,14 @@ def markdown(report: dict) -> str:
                      f"{r['mse_factor']} |")
     lines += [
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}; Python {m['python']}, numpy "
-        f"{m['numpy']}; extras: {extras}. Load average at start {', '.join(map(str, m['load_average']))} (a shared "
-        "machine: wall figures vary, CPU figures less).",
-        END,
+        machine_line(report["machine"], note="a shared machine: wall figures vary, CPU figures less"),
     ]
-    return "\n".join(lines)
+    return section("baselines", lines, MARKS)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny run, print only")
-    args = parser.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
+    host = machine(extras=("bm3d", "aspire"))
     # (size, images for nlm/ksvd/cwf, images for bm3d)
     plan = [(32, 32, 2)] if args.smoke else [(32, 512, 16), (64, 512, 16)]
     results = []
@@ -131,16 +120,8 @@ def main(argv=None) -> int:
             count = n_bm3d if method == "bm3d" else n
             results.append(measure(method, clean[:count], noisy[:count], sigma))
             print(json.dumps(results[-1]), flush=True)
-    report = {
-        "benchmark": "baselines_throughput",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "threads": 1, "snr": SNR, "machine": machine(extras=("bm3d", "aspire")), "results": results,
-    }
-    if not args.smoke:
-        REPORTS.mkdir(parents=True, exist_ok=True)
-        (REPORTS / "baselines.json").write_text(json.dumps(report, indent=1) + "\n")
-        write_section(REPORTS / "BENCHMARKS.md", markdown(report), BEGIN, END)
-    return 0
+    report = record("baselines_throughput", host, threads=1, snr=SNR, results=results)
+    return finish("baselines", report, markdown, smoke=args.smoke)
 
 
 if __name__ == "__main__":

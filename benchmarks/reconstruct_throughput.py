@@ -21,23 +21,16 @@ import os
 
 os.environ["OMP_NUM_THREADS"] = "1"  # before numpy and torch start their thread pools
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import machine, write_section  # noqa: E402  (same folder)
+from _common import finish, machine, machine_line, parser, record, section, timings  # noqa: E402
 
 from cryotune.data.geometry import quaternion_to_matrix, random_quaternions  # noqa: E402
 from cryotune.validate.reconstruct import reconstruct  # noqa: E402
 
-REPORTS = Path(__file__).resolve().parent.parent / "reports" / "benchmarks"
 TARGET = {"size": 64, "images": 5000, "seconds": 30.0}
-BEGIN, END = "<!-- reconstruct:begin -->", "<!-- reconstruct:end -->"
 # (size, images, interpolation, pad, device)
 PLAN = [(64, 5000, "trilinear", 2, "cpu"), (64, 5000, "nearest", 2, "cpu"),
         (64, 5000, "trilinear", 1, "cpu"), (128, 1000, "trilinear", 2, "cpu"),
@@ -53,18 +46,12 @@ def measure(size: int, n: int, interpolation: str, pad: int, device: str, repeat
 
     def run():
         reconstruct(images, rotations, interpolation=interpolation, pad=pad, device=device,
-                    chunk=chunk)
+                    chunk=chunk)  # returns host arrays: the GPU's work is done when it returns
 
     if device == "cuda":
         run()  # CUDA context and kernel loading: not part of the rate
-    walls, cpus = [], []
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        w, c = time.perf_counter(), time.process_time()
-        run()
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
+        torch.cuda.synchronize()
+    walls, cpus = timings(run, repeats)
     grid_mb = (pad * size + 2) ** 3 * 12 / 2**20  # complex64 values + float32 weights
     return {"size": size, "images": n, "interpolation": interpolation, "pad": pad,
             "device": device, "chunk": chunk, "seconds": round(min(walls), 2),
@@ -75,7 +62,6 @@ def measure(size: int, n: int, interpolation: str, pad: int, device: str, repeat
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
-        BEGIN,
         "## reconstruct: images per second into a volume, one core",
         "",
         f"`benchmarks/reconstruct_throughput.py`, {report['created']}: direct Fourier inversion "
@@ -101,19 +87,14 @@ def markdown(report: dict) -> str:
         f"({'met' if t['met_wall'] else 'not met'}) while sharing the machine's cores at the "
         "load below.",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}; Python {m['python']}, "
-        f"numpy {m['numpy']}, torch {m['torch']}. Load average at start "
-        f"{', '.join(map(str, m['load_average']))} (a shared machine: wall figures vary, "
-        f"CPU figures less). GPU: {report['gpu'] or 'none on this machine'}.",
-        END,
+        machine_line(m, note="a shared machine: wall figures vary, CPU figures less")
+        + f" GPU: {report['gpu'] or 'none on this machine'}.",
     ]
-    return "\n".join(lines)
+    return section("reconstruct", lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny run, print only")
-    args = parser.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
     torch.set_num_threads(1)
     plan, repeats = (SMOKE, 1) if args.smoke else (PLAN, 2)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
@@ -121,11 +102,8 @@ def main(argv=None) -> int:
         plan = plan + [(size, n, "trilinear", 2, "cuda") for size, n in ((64, 5000), (128, 1000))]
     host = machine()
     results = [measure(*step, repeats) for step in plan]
-    report = {
-        "benchmark": "reconstruct_throughput",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "threads": 1, "repeats": repeats, "machine": host, "gpu": gpu, "results": results,
-    }
+    report = record("reconstruct_throughput", host, threads=1, repeats=repeats, gpu=gpu,
+                    results=results)
     at = next((r for r in results if (r["size"], r["interpolation"], r["pad"], r["device"])
                == (TARGET["size"], "trilinear", 2, "cpu")), None)
     if at is not None:
@@ -134,12 +112,7 @@ def main(argv=None) -> int:
                             "measured_cpu_s": round(at["cpu_seconds"] * scale, 1),
                             "met_cpu": at["cpu_seconds"] * scale < TARGET["seconds"],
                             "met_wall": at["seconds"] * scale < TARGET["seconds"]}
-    print(json.dumps(report, indent=1))
-    if not args.smoke:
-        REPORTS.mkdir(parents=True, exist_ok=True)
-        (REPORTS / "reconstruct.json").write_text(json.dumps(report, indent=1) + "\n")
-        write_section(REPORTS / "BENCHMARKS.md", markdown(report), BEGIN, END)
-    return 0
+    return finish("reconstruct", report, markdown, smoke=args.smoke)
 
 
 if __name__ == "__main__":

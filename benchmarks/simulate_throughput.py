@@ -19,36 +19,25 @@ import os
 
 os.environ["OMP_NUM_THREADS"] = "1"  # before numpy and torch start their thread pools
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import machine, write_section  # noqa: E402  (same folder)
+from _common import finish, machine, machine_line, parser, record, section, timings  # noqa: E402
 
 from cryotune.data.geometry import quaternion_to_matrix, random_quaternions  # noqa: E402
 from cryotune.data.molecules import builtin_conformations  # noqa: E402
 from cryotune.data.simulate import fit_pixel_size, project, simulate  # noqa: E402
 from cryotune.data.store import DatasetWriter  # noqa: E402
 
-REPORTS = Path(__file__).resolve().parent.parent / "reports" / "benchmarks"
 TARGET = {"size": 64, "images_per_s": 1000}
-BEGIN, END = "<!-- simulate:begin -->", "<!-- simulate:end -->"
 
 
 def best(fn, repeats: int) -> tuple[float, float]:
     """Best wall and best CPU seconds of ``repeats`` calls."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - w)
-        cpus.append(time.process_time() - c)
+    walls, cpus = timings(fn, repeats)
     return min(walls), min(cpus)
 
 
@@ -85,7 +74,6 @@ def measure(size: int, n: int, repeats: int, workdir: Path) -> dict:
 def markdown(report: dict) -> str:
     m, t = report["machine"], report["target"]
     lines = [
-        BEGIN,
         "## simulate: images per second on one core",
         "",
         f"`benchmarks/simulate_throughput.py`, {report['created']}: built-in molecule "
@@ -111,37 +99,25 @@ def markdown(report: dict) -> str:
         f"Target: {t['images_per_s']} images/s at {t['size']} px on one core, whole simulate, "
         f"CPU time: {'met' if t['met'] else 'not met'}.",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}; Python {m['python']}, "
-        f"numpy {m['numpy']}, torch {m['torch']}. Load average at start "
-        f"{', '.join(map(str, m['load_average']))}: a shared machine, so wall-clock figures "
-        "are below what one idle core gives; CPU-time figures are the per-core throughput.",
-        END,
+        machine_line(m, note="a shared machine: wall-clock figures are below what one idle core "
+                     "gives; CPU-time figures are the per-core throughput"),
     ]
-    return "\n".join(lines)
+    return section("simulate", lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny run, print only")
-    args = parser.parse_args(argv)
+    args = parser(__doc__).parse_args(argv)
     torch.set_num_threads(1)
     plan = [(64, 64, 1), (128, 32, 1)] if args.smoke else [(64, 3000, 3), (128, 1000, 3)]
+    host = machine()
     with tempfile.TemporaryDirectory() as tmp:
         results = [measure(size, n, repeats, Path(tmp)) for size, n, repeats in plan]
     at_target = next(r for r in results if r["size"] == TARGET["size"])
-    report = {
-        "benchmark": "simulate_throughput",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "threads": 1, "repeats": plan[0][2], "machine": machine(), "results": results,
-        "target": {**TARGET, "basis": "simulate, CPU time",
-                   "met": at_target["simulate_images_per_s_cpu"] >= TARGET["images_per_s"]},
-    }
-    print(json.dumps(report, indent=1))
-    if not args.smoke:
-        REPORTS.mkdir(parents=True, exist_ok=True)
-        (REPORTS / "simulate.json").write_text(json.dumps(report, indent=1) + "\n")
-        write_section(REPORTS / "BENCHMARKS.md", markdown(report), BEGIN, END)
-    return 0
+    report = record(
+        "simulate_throughput", host, threads=1, repeats=plan[0][2], results=results,
+        target={**TARGET, "basis": "simulate, CPU time",
+                "met": at_target["simulate_images_per_s_cpu"] >= TARGET["images_per_s"]})
+    return finish("simulate", report, markdown, smoke=args.smoke)
 
 
 if __name__ == "__main__":

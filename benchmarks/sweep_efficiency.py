@@ -24,21 +24,18 @@ import os
 
 os.environ["OMP_NUM_THREADS"] = "1"  # before numpy and torch start their thread pools
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from _common import REPORTS, load_average, machine, write_section  # noqa: E402  (same folder)
+from _common import finish, load_average, machine, machine_line, parser, record, section  # noqa: E402
 
 from cryotune.results import load_study  # noqa: E402
 from cryotune.sweep.run import run_sweep  # noqa: E402
 from cryotune.sweep.spec import load_spec  # noqa: E402
 
-BEGIN, END = "<!-- sweep:begin -->", "<!-- sweep:end -->"
 SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "smoke.yaml"
 TARGET = 0.35
 CONFIG = ("config.method", "config.alpha", "config.beta", "config.eps")
@@ -97,7 +94,6 @@ def markdown(report: dict) -> str:
     r, m = report["results"], report["machine"]
     met = r["found"] and r["fraction"] <= TARGET
     lines = [
-        BEGIN,
         "## sweep: ASHA against the full grid",
         "",
         f"`benchmarks/sweep_efficiency.py`, {report['created']}: `search_spaces/smoke.yaml` "
@@ -118,35 +114,22 @@ def markdown(report: dict) -> str:
         f"{100 * r['fraction']:.1f}% of the grid's trial-epochs (target <= {100 * TARGET:g}%): "
         f"{'met' if met else 'not met'}.",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}. Load average at start "
-        f"{', '.join(map(str, m['load_average']))}, at end "
-        f"{', '.join(map(str, report['load_average_end']))} (a shared machine).",
-        END,
+        machine_line(m, report["load_average_end"]),
     ]
-    return "\n".join(lines)
+    return section("sweep", lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="2 configs x 1 epoch, print only")
-    args = parser.parse_args(argv)
+    args = parser(__doc__, smoke="2 configs x 1 epoch, print only").parse_args(argv)
     preset = SMOKE if args.smoke else FULL
     host = machine()
     with tempfile.TemporaryDirectory() as tmp:
         grid_t, grid = sweep(Path(tmp), "grid", preset, "fifo")
         asha_t, asha = sweep(Path(tmp), "asha", preset, "asha")
-    report = {
-        "benchmark": "sweep_efficiency",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "epochs": preset["epochs"], "machine": host, "load_average_end": load_average(),
-        "grid": grid_t, "asha": asha_t, "results": compare(grid, asha), "target": TARGET,
-    }
-    print(json.dumps(report, indent=1, default=str))
-    if not args.smoke:
-        REPORTS.mkdir(parents=True, exist_ok=True)
-        (REPORTS / "sweep_efficiency.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
-        write_section(REPORTS / "BENCHMARKS.md", markdown(report), BEGIN, END)
-    return 0
+    report = record("sweep_efficiency", host, epochs=preset["epochs"],
+                    load_average_end=load_average(), grid=grid_t, asha=asha_t,
+                    results=compare(grid, asha), target=TARGET)
+    return finish("sweep_efficiency", report, markdown, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -24,25 +24,18 @@ import os
 
 os.environ["OMP_NUM_THREADS"] = "1"  # before numpy and torch start their thread pools
 
-import argparse  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from simulate_throughput import machine  # noqa: E402  (same folder: the shared machine record)
+from _common import finish, load_average, machine, machine_line, parser, record, section, timed  # noqa: E402
 
 from cryotune.config import METHODS, TrainConfig  # noqa: E402
 from cryotune.nn.models import build_models, count_parameters  # noqa: E402
 from cryotune.nn.scoring import clip_weights, gradient_penalty, make_rule  # noqa: E402
 from cryotune.nn.train import Trainer  # noqa: E402
 
-REPORTS = Path(__file__).resolve().parent.parent / "reports" / "benchmarks"
 TARGET = 0.95
-BEGIN, END = "<!-- train:begin -->", "<!-- train:end -->"
 
 
 class Bare:
@@ -85,12 +78,6 @@ class Bare:
                 self.opt_g.step()
 
 
-def timed(fn) -> tuple[float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def measure(method: str, size: int, width: int, batch: int, steps: int, repeats: int) -> dict:
     cfg = TrainConfig(method=method, width=width, batch_size=batch, num_threads=1, device="cpu")
     gen = torch.Generator().manual_seed(0)
@@ -126,7 +113,6 @@ def markdown(report: dict) -> str:
     groups = "; ".join(f"{g['size']} px: width {g['width']}, {g['repeats']} repeats of "
                        f"{g['minibatches']} minibatches" for g in p["groups"])
     lines = [
-        BEGIN,
         "## train: Trainer against a bare PyTorch loop, one core",
         "",
         f"`benchmarks/train_throughput.py`, {report['created']}. Batch {p['batch']}, k_d 1, "
@@ -154,31 +140,17 @@ def markdown(report: dict) -> str:
         f"of {len(report['results'])} rows below target in CPU time: "
         f"{'met' if s['met'] else 'not met'}.",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['os']}; Python {m['python']}, "
-        f"torch {m['torch']}. Load average at start {', '.join(map(str, m['load_average']))}, "
-        f"at the end {', '.join(map(str, report['load_average_end']))} (a shared machine: "
-        "single runs vary; the CPU-time ratio is the steadier figure). No GPU was available "
-        "to this run.",
-        END,
+        machine_line(m, report["load_average_end"], note="a shared machine: single runs vary; "
+                     "the CPU-time ratio is the steadier figure") + " Both loops run on the CPU.",
     ]
-    return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    return section("train", lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny run (32 px, width 4), print only")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    args = parser.parse_args(argv)
+    p = parser(__doc__, smoke="tiny run (32 px, width 4), print only")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     batch = 8 if args.smoke else 20
     if args.smoke:
@@ -191,26 +163,16 @@ def main(argv=None) -> int:
                for size, width, steps, repeats in groups for method in args.methods]
     wall = [r["ratio_wall"] for r in results]
     cpu = [r["ratio_cpu"] for r in results]
-    report = {
-        "benchmark": "train_throughput",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "threads": 1,
-        "plan": {"batch": batch, "groups": [
+    report = record(
+        "train_throughput", info, threads=1, load_average_end=load_average(),
+        plan={"batch": batch, "groups": [
             {"size": z, "width": w, "minibatches": s, "repeats": r} for z, w, s, r in groups]},
-        "machine": info, "load_average_end": [round(v, 2) for v in os.getloadavg()],
-        "results": results,
-        "summary": {"median_ratio_wall": statistics.median(wall), "min_ratio_wall": min(wall),
-                    "median_ratio_cpu": statistics.median(cpu), "min_ratio_cpu": min(cpu),
-                    "rows_below_cpu": sum(r < TARGET for r in cpu),
-                    "target": TARGET, "met": min(cpu) >= TARGET},
-    }
-    if not args.smoke:
-        REPORTS.mkdir(parents=True, exist_ok=True)
-        (REPORTS / "train_throughput.json").write_text(json.dumps(report, indent=1) + "\n")
-        write_section(REPORTS / "BENCHMARKS.md", markdown(report))
-    else:
-        print(json.dumps(report["summary"], indent=1))
-    return 0
+        results=results,
+        summary={"median_ratio_wall": statistics.median(wall), "min_ratio_wall": min(wall),
+                 "median_ratio_cpu": statistics.median(cpu), "min_ratio_cpu": min(cpu),
+                 "rows_below_cpu": sum(r < TARGET for r in cpu),
+                 "target": TARGET, "met": min(cpu) >= TARGET})
+    return finish("train_throughput", report, markdown, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,45 @@ def test_common_section_writer_keeps_other_sections(scripts, tmp_path):
     assert facts["extras"] == {"no-such-distribution": None}
 
 
+def test_common_record_and_reports(scripts, tmp_path, capsys):
+    common = scripts("_common")
+    facts = {"cpu": "Xeon", "cores": 2, "os": "Linux", "python": "3.11.7", "torch": "2.13.0",
+             "load_average": [1.0, 0.5, 0.25], "extras": {"bm3d": "4.0.3", "aspire": None}}
+    assert common.machine_line(facts, end=[3.0, 2.0, 1.0], note="busy") == (
+        "Machine: Xeon, 2 cores, Linux; Python 3.11.7, torch 2.13.0, bm3d 4.0.3, aspire not "
+        "installed. Load average at start 1.0, 0.5, 0.25, at end 3.0, 2.0, 1.0 (busy).")
+    report = common.record("x_throughput", common.machine(), figure=Path("a"))
+    assert list(report)[:3] == ["benchmark", "created", "machine"] and report["figure"] == Path("a")
+
+    def markdown(r):
+        return common.section("x", ["## x", f"figure {r['figure']}"])
+
+    assert common.finish("x", report, markdown, smoke=True, folder=tmp_path) == 0
+    assert json.loads(capsys.readouterr().out)["figure"] == "a" and not list(tmp_path.iterdir())
+    common.write_section(tmp_path / "BENCHMARKS.md", "<!-- y -->\nother\n<!-- /y -->",
+                         "<!-- y -->", "<!-- /y -->")
+    for _ in range(2):  # the second run replaces the section in place
+        common.finish("x", report, markdown, smoke=False, folder=tmp_path)
+    assert json.loads((tmp_path / "x.json").read_text())["benchmark"] == "x_throughput"
+    assert (tmp_path / "BENCHMARKS.md").read_text() == (
+        "# Benchmarks\n\n<!-- y -->\nother\n<!-- /y -->\n\n"
+        "<!-- x:begin -->\n## x\nfigure a\n<!-- x:end -->\n")
+
+
+@pytest.mark.parametrize("name, record", [
+    ("simulate_throughput", "simulate"), ("reconstruct_throughput", "reconstruct"),
+    ("baselines_throughput", "baselines"), ("train_throughput", "train_throughput"),
+    ("sweep_efficiency", "sweep_efficiency")])
+def test_sections_render_from_the_committed_records(scripts, name, record):
+    """Each script's section renders from its last full run and replaces its own markers."""
+    reports = BENCHMARKS.parent / "reports" / "benchmarks"
+    text = scripts(name).markdown(json.loads((reports / f"{record}.json").read_text()))
+    lines = text.splitlines()
+    current = (reports / "BENCHMARKS.md").read_text()
+    assert lines[0] in current and lines[-1] in current and lines[0] != lines[-1]
+    assert lines[1].startswith("## ") and lines[-2].startswith("Machine: ")
+
+
 def test_study_scale_smoke(scripts, capsys):
     report = run_smoke(scripts, "study_scale", capsys)
     r = report["results"]
