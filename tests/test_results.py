@@ -113,7 +113,7 @@ def test_not_a_study(tmp_path):
 def test_table_metadata_has_schema_version(tmp_path):
     StudyStore(tmp_path, "s").record_trial({"trial_id": "t", "status": "finished"})
     meta = pq.read_schema(tmp_path / "s" / "trials.parquet").metadata
-    assert meta[b"cryotune.study_schema"] == b"1"
+    assert meta[b"cryotune.study_schema"] == b"2"
 
 
 def test_dataset_manifest_and_gallery(tmp_path):
