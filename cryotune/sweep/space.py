@@ -291,8 +291,8 @@ def fit_resources(spec: SweepSpec, cpus: float | Sequence[float],
         fit_resources(spec, [1, 1, 1], [0, 0, 0])  # same spec: 1 CPU, 2 at once
 
     Raises:
-        BadConfig: no node has CPUs, trials ask for a GPU that no node has, or (several
-            nodes) a trial larger than the largest node.
+        BadConfig: no node has CPUs, trials ask for more GPUs than any node has, or (several
+            nodes) for more CPUs than any node that can hold them has.
     """
     nodes = _nodes(cpus, gpus)
     if not nodes:
