@@ -215,7 +215,8 @@ def print_plan(spec, *, address: str | None) -> None:
           f"{spec.max_failures}")
     if address:
         print(f"resources: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU per trial "
-              f"on the cluster at {address} (fitted to its CPUs at start)")
+              f"on the cluster at {address} (fitted node by node to the nodes alive at start: "
+              f"whole trial CPUs on several nodes, one node keeps a whole CPU for Ray Data)")
     else:
         cpus, gpus = os.cpu_count() or 1, _local_gpus()
         try:
@@ -227,7 +228,7 @@ def print_plan(spec, *, address: str | None) -> None:
             note = f" (asked {spec.resources.cpu:g})" if fit.adjusted else ""
             print(f"resources: {fit.cpu:g} CPU{note}, {fit.gpu:g} GPU per trial; up to "
                   f"{fit.concurrent} at once on this machine's {cpus} CPUs, {gpus} GPUs "
-                  f"(trial CPUs x trials <= CPUs - 1: Ray Data keeps a core)")
+                  f"({fit.rule})")
     print("data:")
     for d in datasets:
         if not d.manifest:
