@@ -28,13 +28,16 @@ sweep paper-table1
 for dataset in "$STORE"/paper-table1/simulated/*/; do
   "$PY" -m cryotune baselines "$dataset" --study "$STORE/paper-table1" --methods nlm,ksvd,cwf --validate fsc
 done
-# Fig. 5: 6 methods x types A, B, C at eps 0.3 x 2 seeds (36 trials; eps 0 from Table 1)
-sweep paper-fig5-robustness --set 'eps=[0.3]' --set seeds=2
+# Fig. 5: types A, B, C at eps 0.3 x 2 seeds for 5 methods (30 trials; eps 0 from Table 1).
+# WGAN-GP + l1 is left out: with the paper's learning rates it diverges at eps 0 here (Table 1)
+# and costs 2.5x a (alpha, beta)-GAN trial (the gradient penalty's double backward).
+sweep paper-fig5-robustness --set 'eps=[0.3]' --set seeds=2 \
+  --set 'methods=[{method: l2_ae}, {method: l1_ae}, {method: js_gan, p: 1}, {method: beta_gan, pairs: [[1, 1], [0.5, 0.5]], p: 1}]'
 # Table 4: (.5,.5)-GAN + lambda l1 for the seven lambdas besides 10, one seed (7 trials)
 sweep paper-table4-lambda --set seeds=1 --set 'lambda=[0.1, 1, 5, 50, 100, 500, 10000]' \
   --set 'methods=[{method: beta_gan, pairs: [[0.5, 0.5]], p: 1}]'
-# Table 2: the six (alpha, beta) pairs besides (1,1) and (.5,.5), both SNRs, one seed (12 trials)
-sweep paper-table2-alpha-beta --set seeds=1 \
+# Table 2: the six (alpha, beta) pairs besides (1,1) and (.5,.5), SNR 0.1, one seed (6 trials)
+sweep paper-table2-alpha-beta --set seeds=1 --set dataset.simulate.snr=0.1 \
   --set 'methods=[{method: beta_gan, pairs: [[-0.5, -0.5], [-1, -1], [1, -1], [0.5, -0.5], [0, 0], [0.1, -0.1]], p: 1}]'
 
 mkdir -p reports/reproduction
