@@ -5,6 +5,12 @@ once in the driver and keeps the splits in Ray's object store when they fit (``m
 otherwise every epoch streams the shards again. Each trial then applies only its own order,
 contamination and batching on top, and nothing is copied to disk per trial.
 
+Ray Data starts a new execution for every epoch, and its first batch waits for it (planning,
+the first blocks' tasks, the shuffle buffer filling). :meth:`DataPipeline.train_epochs` hides
+that wait: a :class:`~cryotune.data.prefetch.EpochPrefetcher` starts each epoch in a background thread while the
+epoch before it trains, holding at most ``ahead`` batches of it. The batches, their order and
+their contamination are those of :meth:`DataPipeline.train_batches`.
+
 Epoch order. The store's shards are the unit Ray reads (one read task per shard, in a fixed
 block layout that depends only on the store). Epoch ``e`` of a trial with seed ``s`` visits the
 shards in a permutation drawn from ``(s, e)``, permutes the rows of each block with a generator
@@ -22,13 +28,16 @@ Example::
     for noisy, clean in pipe.train_batches(0, batch_size=20, eps=0.1, kind="A", seed=0):
         print(noisy.shape, clean.dtype)     # torch.Size([20, 1, 32, 32]) torch.float32
         break
+    with pipe.train_epochs(range(3), batch_size=20, eps=0.1, kind="A", seed=0) as epochs:
+        for epoch, batches in epochs:       # epoch 1 starts while epoch 0 is consumed
+            print(epoch, sum(len(noisy) for noisy, _ in batches))
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +56,7 @@ from ray.data.block import BlockMetadata  # noqa: E402
 from ray.data.datasource import Datasource, ReadTask  # noqa: E402
 
 from cryotune.data.contamination import check, contaminate  # noqa: E402
+from cryotune.data.prefetch import PREFETCH_BATCHES, EpochPrefetcher  # noqa: E402
 from cryotune.data.shards import MrcShard, empty_columns, numpy_to_table, table_to_numpy  # noqa: E402
 from cryotune.data.store import open_dataset  # noqa: E402
 from cryotune.errors import BadInput  # noqa: E402
@@ -278,6 +288,23 @@ class DataPipeline:
                                    local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
                                    local_shuffle_seed=epoch_seed)
 
+    def train_epochs(self, epochs: Iterable[int], *, batch_size: int, eps: float = 0.0,
+                     kind: str = "none", seed: int = 0, ahead: int = PREFETCH_BATCHES
+                     ) -> EpochPrefetcher:
+        """:meth:`train_batches` for each of ``epochs``, each started while the one before trains.
+
+        Args:
+            epochs: the epoch numbers, in the order they are trained.
+            batch_size, eps, kind, seed: as for :meth:`train_batches`.
+            ahead: batches of an epoch held before the trainer takes them.
+
+        Returns:
+            A :class:`~cryotune.data.prefetch.EpochPrefetcher` (a context manager) yielding ``(epoch, batches)``.
+        """
+        check(eps, kind)
+        return EpochPrefetcher(lambda epoch: self.train_batches(
+            epoch, batch_size=batch_size, eps=eps, kind=kind, seed=seed), epochs, ahead=ahead)
+
     def _test(self) -> ray.data.Dataset | None:
         """The test split in stored order; None when it is empty."""
         if not self._shards["test"]:
@@ -302,3 +329,4 @@ class DataPipeline:
             return empty_columns(self._test_columns(), self.image_shape)
         parts = list(test.iter_batches(batch_size=None, batch_format="numpy"))
         return {c: np.concatenate([_stack(p[c]) for p in parts]) for c in self._test_columns()}
+

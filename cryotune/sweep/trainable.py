@@ -2,8 +2,10 @@
 
 It builds the Trainer from the trial config (``config["t"]``, see :mod:`cryotune.sweep.space`),
 streams its epochs from the study's shared :class:`~cryotune.data.pipeline.DataPipeline` with
-the trial's own contamination and seed, and reports every epoch with ``tune.report``. Every
-``checkpoint_every`` epochs, and after the last, the report carries a checkpoint folder::
+the trial's own contamination and seed (each epoch started while the one before trains,
+:meth:`~cryotune.data.pipeline.DataPipeline.train_epochs`), and reports every epoch with
+``tune.report``. Every ``checkpoint_every`` epochs, and after the last, the report carries a
+checkpoint folder::
 
     checkpoint.pt   the Trainer's whole state (models, optimisers, epoch, RNG states, history)
     history.json    one record per epoch so far (the driver reads it without torch)
@@ -82,30 +84,33 @@ def run_trial(config: Mapping[str, Any], *, pipelines: Mapping[str, Any],
     node_id = ray.get_runtime_context().get_node_id()
     started, resumed_from = time.time(), trainer.epoch
     noisy_gallery = gallery[trial["dataset"]]
-    for epoch in range(trainer.epoch, cfg.epochs):
-        record: dict[str, Any] = {"epoch": epoch + 1}
-        try:
-            record.update(trainer.train_epoch(pipe.train_batches(
-                epoch, batch_size=cfg.batch_size, eps=trial["eps"], kind=trial["contamination"],
-                seed=cfg.seed)))
-            record.update(trainer.evaluate(pipe.test_batches(batch_size=cfg.batch_size)))
-        except Diverged as err:
-            tune.report({**dict.fromkeys(_NAN_METRICS, math.nan), "epoch": epoch + 1,
-                         "diverged": True, "error": str(err), "node_id": node_id,
-                         "started_at": started, "resumed_from": resumed_from})
-            return
-        trainer.history.append(record)
-        result = {**record, "diverged": False, "node_id": node_id, "started_at": started,
-                  "ended_at": time.time(), "resumed_from": resumed_from}
-        every = cfg.checkpoint_every
-        if (every and trainer.epoch % every == 0) or trainer.epoch == cfg.epochs:
-            with tempfile.TemporaryDirectory(prefix="cryotune-ckpt-") as folder:
-                _write_checkpoint(trainer, Path(folder), noisy_gallery, CHECKPOINT_NAME)
-                if trainer.epoch == cfg.epochs and what and validation:
-                    _write_validation(trainer, Path(folder), validation[trial["dataset"]], what)
-                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
-        else:
-            tune.report(result)
+    # the next epoch's batches start while this one trains; leaving the block (after the last
+    # epoch, on divergence, or on the SystemExit that tune.report raises when the scheduler
+    # stops the trial) stops and joins the prefetch threads
+    with pipe.train_epochs(range(trainer.epoch, cfg.epochs), batch_size=cfg.batch_size,
+                           eps=trial["eps"], kind=trial["contamination"], seed=cfg.seed) as epochs:
+        for epoch, batches in epochs:
+            record: dict[str, Any] = {"epoch": epoch + 1}
+            try:
+                record.update(trainer.train_epoch(batches))
+                record.update(trainer.evaluate(pipe.test_batches(batch_size=cfg.batch_size)))
+            except Diverged as err:
+                tune.report({**dict.fromkeys(_NAN_METRICS, math.nan), "epoch": epoch + 1,
+                             "diverged": True, "error": str(err), "node_id": node_id,
+                             "started_at": started, "resumed_from": resumed_from})
+                return
+            trainer.history.append(record)
+            result = {**record, "diverged": False, "node_id": node_id, "started_at": started,
+                      "ended_at": time.time(), "resumed_from": resumed_from}
+            every = cfg.checkpoint_every
+            if (every and trainer.epoch % every == 0) or trainer.epoch == cfg.epochs:
+                with tempfile.TemporaryDirectory(prefix="cryotune-ckpt-") as folder:
+                    _write_checkpoint(trainer, Path(folder), noisy_gallery, CHECKPOINT_NAME)
+                    if trainer.epoch == cfg.epochs and what and validation:
+                        _write_validation(trainer, Path(folder), validation[trial["dataset"]], what)
+                    tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            else:
+                tune.report(result)
 
 
 def _write_checkpoint(trainer: Any, folder: Path, noisy_gallery: np.ndarray, name: str) -> None:

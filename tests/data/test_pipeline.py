@@ -154,3 +154,47 @@ def test_empty_test_split_and_bad_store(tmp_path, ray_session):
     shard.write_bytes(shard.read_bytes()[:-20] + b"\0" * 20)
     with pytest.raises(ChecksumMismatch, match="part-00000.parquet"):
         DataPipeline.from_store(tmp_path / "p")
+
+
+@pytest.mark.parametrize("key", [("parquet", True), ("mrc", False)])
+def test_train_epochs_are_train_batches_started_ahead(pipelines, key):
+    pipe = pipelines[key]
+    kwargs = dict(batch_size=20, eps=0.3, kind="C", seed=4)
+    with pipe.train_epochs(range(1, 4), ahead=2, **kwargs) as epochs:
+        got = [(epoch, list(batches)) for epoch, batches in epochs]
+    assert [epoch for epoch, _ in got] == [1, 2, 3]
+    for epoch, batches in got:  # the same pairs, pixels and order as one epoch at a time
+        expected = list(pipe.train_batches(epoch, **kwargs))
+        assert len(batches) == len(expected) == 5
+        for (noisy, clean), (noisy_0, clean_0) in zip(batches, expected, strict=True):
+            assert torch.equal(noisy, noisy_0) and torch.equal(clean, clean_0)
+
+
+def thread_names():
+    import threading
+
+    return {t.name for t in threading.enumerate()}
+
+
+@pytest.mark.parametrize("key", [("parquet", True), ("parquet", False)])
+def test_train_epochs_stopped_early_leave_no_thread(pipelines, key):
+    import time
+
+    pipe = pipelines[key]
+    list(pipe.train_batches(0, batch_size=20))  # Ray Data's own long-lived threads start here
+    before = thread_names()
+    with pipe.train_epochs(range(5), batch_size=20, eps=0.1, kind="A") as epochs:
+        for _, batches in epochs:
+            next(batches)
+            during = thread_names() - before
+            break
+    assert {"cryotune-prefetch-epoch-0", "cryotune-prefetch-epoch-1"} <= during
+    deadline = time.monotonic() + 10  # Ray Data's iterator threads end with their executions
+    while thread_names() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert thread_names() - before == set()
+
+
+def test_train_epochs_check_their_contamination_at_once(pipelines):
+    with pytest.raises(BadConfig):
+        pipelines["parquet", True].train_epochs(range(2), batch_size=4, eps=0.5, kind="Z")
