@@ -193,6 +193,8 @@ def test_ranges_and_defaults():
     assert spec.methods[0].params["lr_g"] == Range("loguniform", 1e-4, 0.1)
     assert spec.mode == "max"  # by the metric
     assert spec.scheduler.type == "fifo" and spec.resources.cpu == 1 and spec.seeds == [0]
+    asha = spec_from_mapping(_base(epochs=9, scheduler="asha")).scheduler
+    assert (asha.type, asha.grace_period, asha.reduction_factor) == ("asha", 1, 4.0)
 
 
 def test_validating_a_spec_starts_no_ray(tmp_path):
