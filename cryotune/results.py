@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import yaml
 
@@ -85,16 +87,28 @@ class Study:
         more than once (retried) has the rows of its last record only.
         """
         if self._history is None:
-            frames = [t.to_pandas() for fs, path in self._sources
-                      if (t := read_history(fs, join(path, HISTORY_DIR))) is not None]
-            hist = pd.concat(frames, ignore_index=True) if len(frames) > 1 else (
-                frames[0] if frames else pd.DataFrame(columns=["study", "trial_id", "epoch"]))
-            hist = hist.drop(columns=[SEQ], errors="ignore")
-            if len(hist):  # vectorised: a study of 10,000 trials has a million history rows
-                keys = pd.MultiIndex.from_arrays([self.trials["study"], self.trials["trial_id"]])
-                hist = hist[pd.MultiIndex.from_arrays([hist["study"], hist["trial_id"]]).isin(keys)]
-            self._history = hist.sort_values(["study", "trial_id", "epoch"]).reset_index(drop=True)
+            frames = []
+            for fs, path in self._sources:
+                table = read_history(fs, join(path, HISTORY_DIR))
+                if table is not None:
+                    frames.append(self._of_trials(table).drop_columns([SEQ]).to_pandas())
+            if len(frames) == 1:  # sorted by trial and epoch already
+                hist = frames[0]
+            elif frames:
+                hist = pd.concat(frames, ignore_index=True).sort_values(
+                    ["study", "trial_id", "epoch"]).reset_index(drop=True)
+            else:
+                hist = pd.DataFrame(columns=["study", "trial_id", "epoch"])
+            self._history = hist
         return self._history
+
+    def _of_trials(self, history: pa.Table) -> pa.Table:
+        """The history rows of the trials in :attr:`trials` (one study's history)."""
+        studies = pc.unique(history["study"]).to_pylist()
+        ids = self.trials.loc[self.trials["study"].isin(studies), "trial_id"].astype(str)
+        kind = history.schema.field("trial_id").type
+        keep = pc.is_in(history["trial_id"], value_set=pa.array(ids.unique(), kind))
+        return history if pc.all(keep).as_py() else history.filter(keep)
 
     def array(self, study: str, trial_id: str, name: str) -> np.ndarray | None:
         """A per-trial array (e.g. ``gallery``), or None when the trial has none."""

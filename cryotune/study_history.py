@@ -72,7 +72,8 @@ def _seq_of(name: str) -> int:
 
 
 def read_history(fs: pafs.FileSystem, folder: str, *, with_files: bool = False):
-    """A study's history: each trial's rows of its highest ``write_seq``, one row an epoch.
+    """A study's history: each trial's rows of its highest ``write_seq``, one row an epoch,
+    sorted by trial and epoch.
 
     Reads every part and compacted file (their columns unified: a metric that only some trials
     report is null in the others). Files that a compaction deletes while they are being read
@@ -101,7 +102,8 @@ def read_history(fs: pafs.FileSystem, folder: str, *, with_files: bool = False):
             if not gone or attempt == 2:
                 raise BadInput(f"unreadable study history ({err})", folder,
                                "restore the file, or rerun the sweep with --resume") from None
-    table = _newest(table) if len(files) > 1 else table
+    if len(files) > 1:  # one file is sorted already: a compacted file, or one trial's part
+        table = _newest(table)
     return (table, files) if with_files else table
 
 
@@ -133,7 +135,6 @@ def compact(fs: pafs.FileSystem, folder: str, seq: int,
     if merged is None or len(merged[1]) < 2:
         return 0, 0
     table, files = merged
-    table = table.sort_by([("trial_id", "ascending"), ("epoch", "ascending")])
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **(metadata or {})})
     target = f"{folder}/compacted-{seq:012d}.parquet"
     local = isinstance(fs, pafs.LocalFileSystem)
@@ -156,36 +157,38 @@ def _delete(fs: pafs.FileSystem, path: str) -> None:
 
 
 def _read_files(fs: pafs.FileSystem, paths: list[str]) -> pa.Table:
-    if len(paths) == 1:
-        table = pq.read_table(paths[0], filesystem=fs)
-    else:
-        import pyarrow.dataset as pads
+    import pyarrow.dataset as pads
 
-        factory = pads.FileSystemDatasetFactory(fs, paths, pads.ParquetFileFormat())
-        # every file's schema, not the first one's: GAN trials add d_loss, g_adv, ...
-        schema = factory.inspect(promote_options="permissive", fragments=None)
-        table = factory.finish(schema).to_table()
+    factory = pads.FileSystemDatasetFactory(fs, paths, pads.ParquetFileFormat())
+    # every file's schema, not the first one's: GAN trials add d_loss, g_adv, ...
+    schema = factory.inspect(promote_options="permissive", fragments=None)
+    table = factory.finish(schema).to_table()
     if SEQ not in table.column_names:
         return table.append_column(SEQ, pa.array(np.zeros(table.num_rows, np.int64)))
+    if table[SEQ].null_count == 0:
+        return table
     index = table.schema.get_field_index(SEQ)
     return table.set_column(index, SEQ, pc.fill_null(table[SEQ], 0))
 
 
 def _newest(table: pa.Table) -> pa.Table:
-    """Per trial, the rows of its highest ``write_seq``; per (trial, epoch), one row."""
-    newest = table.group_by("trial_id").aggregate([(SEQ, "max")])
-    keep = pc.is_in(_key(table["trial_id"], table[SEQ]),
-                    value_set=_key(newest["trial_id"], newest[f"{SEQ}_max"]))
-    table = table.filter(keep)
-    # rows twice with the same write_seq: a crash between a compaction's rename and its deletes
-    rows = table.append_column("_row", pa.array(np.arange(table.num_rows)))
-    first = rows.group_by(["trial_id", "epoch"], use_threads=False).aggregate([("_row", "min")])
-    if first.num_rows == table.num_rows:
+    """Per trial, the rows of its highest ``write_seq``, one row a (trial, epoch), sorted by
+    trial and epoch."""
+    if table.num_rows == 0:
         return table
-    return table.take(pc.sort_indices(first["_row_min"]))
-
-
-def _key(trial_id, seq) -> pa.ChunkedArray:
-    """``trial_id`` and ``write_seq`` as one string, for set membership."""
-    return pc.binary_join_element_wise(pc.cast(trial_id, pa.string()), pc.cast(seq, pa.string()),
-                                       "\x00")
+    # on integer codes and numpy: Arrow's group-by and sort are slow over a table of one chunk
+    # a part file
+    ids = pc.dictionary_encode(table["trial_id"].combine_chunks())
+    rank = np.empty(len(ids.dictionary), np.int64)
+    rank[pc.sort_indices(ids.dictionary).to_numpy()] = np.arange(len(ids.dictionary))
+    trial = rank[ids.indices.to_numpy()]  # a trial's place in trial_id order
+    epoch, seq = table["epoch"].to_numpy(), table[SEQ].to_numpy()
+    order = np.lexsort((seq, epoch, trial))
+    trial, epoch, seq = trial[order], epoch[order], seq[order]
+    starts = np.flatnonzero(np.r_[True, trial[1:] != trial[:-1]])
+    newest = np.repeat(np.maximum.reduceat(seq, starts), np.diff(np.r_[starts, len(seq)]))
+    keep = seq == newest
+    # rows twice with the same write_seq (a crash between a compaction's rename and its
+    # deletes) are alike: keep one
+    keep[1:] &= ~((trial[1:] == trial[:-1]) & (epoch[1:] == epoch[:-1]) & (seq[1:] == seq[:-1]))
+    return table.take(order[keep])
