@@ -198,3 +198,24 @@ def test_train_epochs_stopped_early_leave_no_thread(pipelines, key):
 def test_train_epochs_check_their_contamination_at_once(pipelines):
     with pytest.raises(BadConfig):
         pipelines["parquet", True].train_epochs(range(2), batch_size=4, eps=0.5, kind="Z")
+
+
+def test_test_batches_across_blocks_in_both_modes(tmp_path, ray_session):
+    from cryotune.data.pipeline import DataPipeline
+
+    rng = np.random.default_rng(1)
+    x = rng.random((18, *SHAPE), dtype=np.float32)
+    with DatasetWriter(tmp_path / "b", name="b", kind="simulated", image_shape=SHAPE,
+                       pixel_size=1.0, shard_rows=4) as w:  # test blocks of 4, 4, 2 rows
+        w.add("train", id=np.arange(8), clean=x[:8], noisy=x[:8] + 1)
+        w.add("test", id=np.arange(8, 18), clean=x[8:], noisy=x[8:] + 1)
+        w.commit()
+    pipes = [DataPipeline.from_store(tmp_path / "b", materialize=m) for m in (True, False)]
+    for size in (1, 3, 4, 5, 20):
+        got = [list(pipe.test_batches(batch_size=size)) for pipe in pipes]
+        sizes = [len(n) for n, _ in got[0]]
+        assert sizes == [size] * (10 // size) + ([10 % size] if 10 % size else [])
+        assert sizes == [len(n) for n, _ in got[1]]
+        for pairs in got:
+            assert torch.equal(torch.cat([n for n, _ in pairs])[:, 0], torch.from_numpy(x[8:] + 1))
+            assert torch.equal(torch.cat([c for _, c in pairs])[:, 0], torch.from_numpy(x[8:]))
