@@ -12,7 +12,11 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from cryotune.results import load_study
+from cryotune.study_store import StudyStore
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -106,6 +110,38 @@ def test_sweep_efficiency_smoke(scripts, capsys, ray_session):
     assert r["configs"] == 2 and r["grid_trial_epochs"] == 2  # 2 configs x 1 epoch
     assert 0 < r["asha_trial_epochs"] <= r["grid_trial_epochs"]
     assert r["fraction"] == pytest.approx(r["asha_trial_epochs"] / r["grid_trial_epochs"], abs=1e-3)
+    lo, hi = r["until_found_range"]  # 1 epoch: the first trial to end is a full-length one
+    assert 1 <= lo <= r["until_found_trial_epochs"] <= hi <= r["asha_trial_epochs"]
+    assert report["replay"]["total"]["mean"] == 1.0 and report["replay"]["found_share"] == 1.0
+
+
+def test_sweep_replay_runs_rays_asha(scripts):
+    """One trial at a time, grace 1, factor 4, 9 epochs: a trial worse at epoch 1 than those
+    before it stops there; a trial with no rival at a rung goes on."""
+    bench = scripts("sweep_efficiency")
+    spec = bench.load_spec(bench.SPACE, overrides=["scheduler=asha", "epochs=9"])
+    curves = np.repeat(np.array([[1.0], [2.0], [3.0], [4.0]]), 9, axis=1)  # config 0 best
+    ones = np.ones((4, 9))
+    first = np.array([True, False, False, False])
+    assert bench.replay(spec, curves, ones, first, [0, 1, 2, 3], 1) == (9 + 3, 9)
+    assert bench.replay(spec, curves, ones, ~first, [0, 1, 2, 3], 1) == (12, None)
+    assert bench.replay(spec, curves, ones, first, [3, 2, 1, 0], 1) == (36, 36)
+    # two at once, config 1 twice as fast: it runs 9 epochs by t = 4.5, config 0 4 of its own;
+    # configs 2 and 3 then stop at the first rung
+    short = ones.copy()
+    short[1] = 0.5
+    assert bench.replay(spec, curves, short, ~first, [0, 1, 2, 3], 2) == (9 + 9 + 1 + 1, 9 + 4)
+
+
+def test_sweep_epoch_ends_split_trial_spans(scripts, tmp_path):
+    bench = scripts("sweep_efficiency")
+    store = StudyStore(tmp_path, "s")
+    store.record_trial({"trial_id": "a", "status": "finished", "started_at": 0.0,
+                        "ended_at": 10.0, "config": {"method": "l1_ae"}},
+                       [{"epoch": 1, "epoch_s": 2.0, "test_mse": 0.2},
+                        {"epoch": 2, "epoch_s": 3.0, "test_mse": 0.1}])
+    ends = bench.epoch_ends(load_study(tmp_path / "s"))
+    assert ends[["end", "end_min", "end_max"]].to_numpy().tolist() == [[4, 2, 7], [10, 5, 10]]
 
 
 def test_trainer_overhead_smoke(scripts, capsys, ray_session):
