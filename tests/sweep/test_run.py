@@ -165,7 +165,9 @@ def test_a_killed_worker_resumes_from_its_checkpoint(make_spec, tmp_path):
     def kill_after_first_checkpoint():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
-            if list(Path(tmp_path, "studies", "t").glob("*/checkpoint_000000")):
+            # the second checkpoint: the worker only trains past a report once the driver has
+            # taken it, so the first checkpoint is registered and a restore must use one
+            if list(Path(tmp_path, "studies", "t").glob("*/checkpoint_000001")):
                 # this test's Ray runs below this process: its trial actor is ours alone
                 for pid in descendants(os.getpid()):
                     if cmdline(pid).startswith("ray::ImplicitFunc"):
