@@ -24,9 +24,12 @@ sweep() {  # sweep NAME [--set ...]: run search_spaces/NAME.yaml, or resume it
 
 # Table 1: 6 methods x SNR 0.1 and 0.05 x 3 seeds, eps = 0 (36 trials)
 sweep paper-table1
-# Table 1's classical rows on the same test images (both SNRs)
+# Table 1's classical rows on the same test images (both SNRs); BM3D when its extra is installed
+# (pip install 'cryotune[bm3d]': a non-commercial licence)
+methods=nlm,ksvd,cwf
+"$PY" -c "import bm3d" 2>/dev/null && methods+=,bm3d
 for dataset in "$STORE"/paper-table1/simulated/*/; do
-  "$PY" -m cryotune baselines "$dataset" --study "$STORE/paper-table1" --methods nlm,ksvd,cwf --validate fsc
+  "$PY" -m cryotune baselines "$dataset" --study "$STORE/paper-table1" --methods "$methods" --validate fsc
 done
 # Fig. 5: types A, B, C at eps 0.3, one seed, 5 methods (15 trials; eps 0 from Table 1).
 # WGAN-GP + l1 is left out: with the paper's learning rates it diverges at eps 0 here (Table 1)
