@@ -33,7 +33,7 @@ for dataset in "$STORE"/paper-table1/simulated/*/; do
 done
 # Fig. 5: types A, B, C at eps 0.3, one seed, 5 methods (15 trials; eps 0 from Table 1).
 # WGAN-GP + l1 is left out: with the paper's learning rates it diverges at eps 0 here (Table 1)
-# and costs 2.5x a (alpha, beta)-GAN trial (the gradient penalty's double backward).
+# and its trials took 1.7x an (alpha, beta)-GAN trial's time (medians in Table 1: 408 s, 239 s).
 sweep paper-fig5-robustness --set 'eps=[0.3]' --set seeds=1 \
   --set 'methods=[{method: l2_ae}, {method: l1_ae}, {method: js_gan, p: 1}, {method: beta_gan, pairs: [[1, 1], [0.5, 0.5]], p: 1}]'
 # Table 4: (.5,.5)-GAN + lambda l1 at lambda 0.1, 1, 100 and 10000, one seed (4 trials;

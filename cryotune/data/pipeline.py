@@ -361,4 +361,3 @@ class DataPipeline:
             return empty_columns(self._test_columns(), self.image_shape)
         parts = list(test.iter_batches(batch_size=None, batch_format="numpy"))
         return {c: np.concatenate([_stack(p[c]) for p in parts]) for c in self._test_columns()}
-
