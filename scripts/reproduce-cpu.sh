@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The paper's robustness comparison at CPU scale (reports/reproduction/REPRODUCTION.md):
 # the four paper search spaces with --scale cpu (32 px, width 16) and the overrides below,
-# the classical baselines, and one report over all of them. About 80 minutes on 2 idle cores.
+# the classical baselines, and one report over all of them. 1 h 49 min on 2 shared cores
+# (reports/reproduction/REPRODUCTION.md).
 # Usage: scripts/reproduce-cpu.sh [PYTHON]    (re-running resumes unfinished studies)
 #
 # Trials are not repeated across studies: the report merges the studies, so Table 1's SNR 0.1
@@ -42,7 +43,7 @@ sweep paper-table4-lambda --set seeds=1 --set 'lambda=[0.1, 1, 100, 10000]' \
   --set 'methods=[{method: beta_gan, pairs: [[0.5, 0.5]], p: 1}]'
 # Table 2: Table 1 holds three (alpha, beta) pairs, (0,0) (JS), (1,1) and (.5,.5), at both SNRs
 # with 3 seeds; the six other pairs of the paper's Table 2 at SNR 0.1, one seed (6 trials),
-# run only with REPRO_TABLE2=1 (another 25 minutes on 2 cores)
+# run only with REPRO_TABLE2=1 (6 beta-GAN trials, 2 at once: 125-240 s each were measured here)
 if [ "${REPRO_TABLE2:-0}" = 1 ]; then
   sweep paper-table2-alpha-beta --set seeds=1 --set dataset.simulate.snr=0.1 \
     --set 'methods=[{method: beta_gan, pairs: [[-0.5, -0.5], [-1, -1], [1, -1], [0.5, -0.5], [0, 0], [0.1, -0.1]], p: 1}]'
