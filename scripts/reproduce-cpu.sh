@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's robustness comparison at CPU scale (reports/reproduction/REPRODUCTION.md):
-# the four paper search spaces with --scale cpu (32 px, width 16) and the overrides below,
+# three paper search spaces (Table 2's with REPRO_TABLE2=1) with --scale cpu (32 px, width 16),
 # the classical baselines, and one report over all of them. 1 h 49 min on 2 shared cores
 # (reports/reproduction/REPRODUCTION.md).
 # Usage: scripts/reproduce-cpu.sh [PYTHON]    (re-running resumes unfinished studies)
