@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
-from cryotune import __version__
-from cryotune.errors import CryotuneError
+from cryotune._version import __version__
+from cryotune.errors import CryotuneError, Terminated
 
 # The explicit list of subcommands, in the order ``--help`` shows them.
 COMMANDS = (
@@ -26,6 +27,7 @@ COMMANDS = (
     "sweep",
     "status",
     "query",
+    "compare",
     "baselines",
     "validate",
     "report",
@@ -66,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(message)s",
     )
+    if not args.debug:  # torch logs its cache statistics at INFO when the process exits
+        logging.getLogger("torch").setLevel(logging.WARNING)
+    previous = _on_sigterm()
+    _SIGTERM_SEEN.clear()
     try:
         status = args._module.main(args)
     except CryotuneError as err:
@@ -73,10 +79,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        # the cleanup ran while the exception unwound: temporary files are gone
+        # Ray's blocking calls turn whatever a signal handler raised into a plain
+        # KeyboardInterrupt: the handler's note tells SIGTERM apart
+        term = isinstance(err, Terminated) or bool(_SIGTERM_SEEN)
+        print(f"interrupted ({'SIGTERM' if term else 'Ctrl-C'})", file=sys.stderr)
+        return 143 if term else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return int(status or 0)
+
+
+_SIGTERM_SEEN: list[int] = []  # set by the SIGTERM handler while a command runs
+
+
+def _on_sigterm():
+    """Make SIGTERM raise :class:`Terminated` in the main thread, so it unwinds through the
+    cleanup Ctrl-C gets; a second SIGTERM during that cleanup is ignored. Returns the previous
+    handler (None off the main thread, where handlers cannot be set)."""
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _SIGTERM_SEEN.append(signum)
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
 
 
 if __name__ == "__main__":

@@ -27,35 +27,118 @@ from typing import Any, TypeVar
 
 import yaml
 
+from cryotune import vocab
 from cryotune.errors import BadConfig
 
 T = TypeVar("T")
 
-__all__ = ["METHODS", "TrainConfig", "check_value", "from_dict", "load_yaml", "to_dict"]
+__all__ = ["LEGACY_REDUCTION", "REDUCTIONS", "TrainConfig", "check_value", "from_dict", "load_yaml",
+           "load_yaml_text", "parse_yaml", "to_dict"]
+
+
+# Bounds on alias expansion: a spec or manifest of ours uses a handful of anchors at most;
+# a document past either bound is refused while it is composed, before anything expands.
+MAX_ALIASES = 1000
+MAX_EXPANDED_NODES = 1_000_000
+# Explicit tags allowed: the plain JSON-like core; everything else (!!python/..., !!binary,
+# !!set, custom !tags) is refused.
+_CORE_TAGS = frozenset(f"tag:yaml.org,2002:{name}"
+                       for name in ("str", "int", "float", "bool", "null", "seq", "map"))
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses explicit tags and counts aliases and expanded nodes while it
+    composes, so a billion-laughs document fails at its first oversized node."""
+
+    def __init__(self, stream: str, where: str):
+        super().__init__(stream)
+        self.where = where
+        self.aliases = 0
+        self.sizes: dict[int, int] = {}  # id(node) -> nodes it expands to
+
+    def _line(self, event: Any) -> str:
+        mark = getattr(event, "start_mark", None)
+        return f"{self.where}:{mark.line + 1}" if mark else self.where
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise BadConfig(f"YAML uses more than {MAX_ALIASES} aliases", self._line(event),
+                                "write the values out instead of repeating anchors")
+            node = super().compose_node(parent, index)
+            if id(node) not in self.sizes:
+                raise BadConfig("YAML alias refers to its own enclosing node",
+                                self._line(event), "remove the recursive alias")
+            return node
+        tag = getattr(event, "tag", None)
+        if tag not in (None, "!") and tag not in _CORE_TAGS:
+            raise BadConfig(f"YAML tag {tag.replace('tag:yaml.org,2002:', '!!')} is not allowed",
+                            self._line(event), "remove the tag; plain values only")
+        node = super().compose_node(parent, index)
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(self.sizes[id(child)] for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(self.sizes[id(k)] + self.sizes[id(v)] for k, v in node.value)
+        if size > MAX_EXPANDED_NODES:
+            raise BadConfig(f"YAML aliases expand to more than {MAX_EXPANDED_NODES:,} values",
+                            self._line(event), "write the values out or use fewer aliases")
+        self.sizes[id(node)] = size
+        return node
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse one YAML document of plain values with the bounded safe loader.
+
+    Args:
+        text: the YAML text.
+        where: what to name in errors: a file, a URI, ``--set key``.
+
+    Raises:
+        BadConfig: invalid YAML, an explicit tag (``!!python/...``), a recursive alias, or
+            more than :data:`MAX_ALIASES` aliases or :data:`MAX_EXPANDED_NODES` expanded
+            values; one line naming ``where`` and the line.
+    """
+    loader = _BoundedLoader(text, where)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark else where
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise BadConfig(f"invalid YAML ({problem})", at, "fix the YAML syntax") from None
+    except RecursionError:
+        raise BadConfig("YAML nested too deeply", where, "flatten the document") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml_text(text: str, where: str) -> dict[str, Any]:
+    """A YAML mapping from text (an empty document is ``{}``), e.g. a ``spec.yaml`` read
+    from a study store through a pyarrow filesystem; ``where`` names it in errors."""
+    data = parse_yaml(text, where)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BadConfig("config must be a mapping of keys to values", where,
+                        "write 'key: value' lines at the top level")
+    return data
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with the safe loader; errors name the file and line."""
+    """Read a YAML mapping with the bounded safe loader; errors name the file and line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BadConfig("config file not found", str(path), "check the path") from None
+    except UnicodeDecodeError:
+        raise BadConfig("config is not UTF-8 text", str(path), "save it as UTF-8") from None
     except OSError as err:
         raise BadConfig(f"cannot read config ({err.strerror})", str(path), "check the path") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise BadConfig(f"invalid YAML ({getattr(err, 'problem', err)})", where,
-                        "fix the YAML syntax") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise BadConfig("config must be a mapping of keys to values", str(path),
-                        "write 'key: value' lines at the top level")
-    return data
+    return load_yaml_text(text, str(path))
 
 
 def _join(path: str, key: str) -> str:
@@ -211,8 +294,10 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return out
 
 
-# Paper names (DESIGN.md "Key semantics"); ``js_gan`` is ``beta_gan`` at (alpha, beta) = (0, 0).
-METHODS = ("l2_ae", "l1_ae", "beta_gan", "js_gan", "wgan", "wgan_gp")
+# how the GAN generator's l_p term reduces over pixels (TrainConfig.reduction)
+REDUCTIONS = ("sum", "mean")
+# the reduction of trials recorded before the key existed
+LEGACY_REDUCTION = "mean"
 
 
 def _field(default: Any, **metadata: Any) -> Any:
@@ -226,13 +311,29 @@ class TrainConfig:
     ``alpha``/``beta`` matter for ``beta_gan`` only, ``lam`` for the GAN methods only (the
     autoencoders minimise mean |G(y) - x|^p alone), ``mu`` for ``wgan_gp`` and ``clip`` for
     ``wgan``; the others ignore them, so one sweep grid can cross methods with parameters.
+
+    ``reduction`` says how the GAN generator's l_p term ``lambda * ||x - G(y)||_p^p`` reduces
+    over an N x 1 x H x W batch: ``sum`` over pixels and mean over the batch (the paper's
+    Eq. 17, where ``||.||_1`` sums over pixels), or ``mean`` over pixels and batch. Under
+    ``mean`` the term is H*W times weaker, so the same weight reads, at H x W pixels::
+
+        lambda_mean = lambda_sum * H * W      (32 px: lambda 10 sum = lambda 10,240 mean)
+
+    The autoencoders always minimise the per-pixel mean: for them the reduction would only
+    rescale the whole loss by H*W, which Adam undoes except through its epsilon, and keeping
+    the mean keeps their trials identical to those of earlier studies. ``reduction`` is thus
+    ignored by ``l1_ae``/``l2_ae`` (their trial rows carry None), like ``lambda``.
     """
 
-    method: str = _field("beta_gan", choices=METHODS)
+    method: str = _field("beta_gan", choices=vocab.METHOD_NAMES)
     alpha: float = _field(0.5, range=(-1.0, 1.0))  # (0.5, 0.5) and (1, 1) were the paper's best
     beta: float = _field(0.5, range=(-1.0, 1.0))
     lam: float = _field(10.0, range=(0.0, None), alias="lambda")  # weight of the l_p term; 0 = pure GAN
     p: int = _field(1, choices=(1, 2))  # GAN + l1 was the paper's best pairing
+    # sum: the paper's norm (sum over pixels, mean over the batch); mean: over pixels too, which
+    # makes lambda H*W times weaker. The default is the paper's; studies written before this
+    # key existed ran mean, and their trial rows read so (cryotune.study.labels.trial_reductions).
+    reduction: str = _field("sum", choices=REDUCTIONS)
     arch: str = _field("resnet", choices=("resnet", "conv"))  # conv = Appendix Table 3, no skips
     width: int = _field(32, range=(1, 512))  # channels of the first stage; 32 -> ~1.1M-parameter GAN
     depth: int = _field(2, range=(1, 6))  # stride-2 stages; the image size must divide by 2**depth
@@ -268,12 +369,13 @@ class TrainConfig:
     @property
     def adversarial(self) -> bool:
         """True when the method trains a discriminator."""
-        return self.method not in ("l1_ae", "l2_ae")
+        return vocab.METHODS[self.method].adversarial
 
     @property
     def loss_p(self) -> int:
         """The exponent of the reconstruction term: fixed by the name for the autoencoders."""
-        return {"l1_ae": 1, "l2_ae": 2}.get(self.method, self.p)
+        fixed = vocab.METHODS[self.method].p
+        return self.p if fixed is None else fixed
 
     @property
     def critic_norm(self) -> str:

@@ -13,10 +13,14 @@ The tree::
     ├── BadConfig            a YAML config or override has an unknown key, a wrong type or a
     │                        value out of range (``where`` is the key path)
     ├── Diverged             training produced a NaN or inf loss or output
+    ├── StudyLocked          another process writes the study (its lock names host, pid, since)
     └── MissingExtra         an optional dependency is not installed
 
 ``cryotune.cli.main`` turns these into the one ``error:`` line and exit status 2; ``--debug``
 shows the traceback instead.
+
+:class:`Terminated` is no user error: the command line raises it from its SIGTERM handler so
+that SIGTERM unwinds through the same cleanup as Ctrl-C (it is a ``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ __all__ = [
     "CryotuneError",
     "Diverged",
     "MissingExtra",
+    "StudyLocked",
+    "Terminated",
 ]
 
 
@@ -112,3 +118,26 @@ class MissingExtra(CryotuneError):
         )
         self.extra = extra
         self.module = module
+
+
+class StudyLocked(CryotuneError):
+    """Raised when another process holds a study's lock (a sweep, resume, extend, baselines
+    or validation writing it).
+
+    Attributes:
+        holder: the lock file's record: ``host``, ``pid``, ``since`` (ISO time, UTC) and
+            ``command``, as far as they could be read.
+    """
+
+    def __init__(self, what: str, where: str | None = None, fix: str | None = None, *,
+                 holder: dict[str, Any] | None = None):
+        super().__init__(what, where, fix)
+        self.holder = dict(holder or {})
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread when the process receives SIGTERM (exit status 143).
+
+    A ``KeyboardInterrupt``, so every ``except KeyboardInterrupt`` and cleanup path that
+    handles Ctrl-C handles SIGTERM alike; tell the two apart with ``isinstance``.
+    """

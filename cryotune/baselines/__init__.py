@@ -37,6 +37,7 @@ from cryotune.baselines.bm3d import BM3D
 from cryotune.baselines.cwf import AspireCWF, CovarianceWiener
 from cryotune.baselines.ksvd import KSVD
 from cryotune.baselines.nlm import NLMeans
+from cryotune.config import from_dict
 from cryotune.errors import BadConfig
 
 __all__ = [
@@ -79,8 +80,6 @@ def make_baseline(method: str, params: Mapping[str, Any] | None = None, *,
         BadConfig: for an unknown method, unknown keys, wrong types or out-of-range values.
         MissingExtra: when the baseline needs an optional package that is not installed.
     """
-    from cryotune.config import from_dict
-
     cls = BASELINES.get(method)
     if cls is None:
         raise BadConfig(f"unknown baseline {method!r}", path or "method",

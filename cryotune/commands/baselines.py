@@ -33,7 +33,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cryotune.baselines.runner import run_baselines
+    from cryotune.runs.baselines import run_baselines  # torch and Ray: only when it runs
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = run_baselines(args.dataset, args.study, methods=methods, gallery=args.gallery,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import cryotune
 from cryotune.errors import BadInput
 
 
@@ -26,8 +27,6 @@ def benchmarks_dir() -> Path:
     Raises:
         BadInput: the package is installed without the repository around it.
     """
-    import cryotune
-
     folder = Path(cryotune.__file__).resolve().parent.parent / "benchmarks"
     if not folder.is_dir():
         raise BadInput("no benchmarks/ folder next to the cryotune package", str(folder.parent),

@@ -4,8 +4,10 @@ The images stream through memory maps, --batch-size at a time, so a stack larger
 works. The output stack keeps the input's voxel size. A STAR input gives a STAR output with the
 same blocks and columns whose rlnImageName points at a new stack next to it (OUT with the
 suffix .mrcs), in the STAR file's particle order. Outputs are written atomically. The model
-must have been trained at the images' size. ``--model`` also takes a study: its winning trial
-(the best finished trial by the sweep's metric, or ``--trial ID``) is used.
+must have been trained at the images' size. ``--model`` also takes a study: its best trial,
+chosen on validation (:meth:`cryotune.study.tables.Study.best`), or ``--trial ID``, applied at
+its best validation epoch (``best.pt`` beside the trial's last checkpoint; a study recorded
+before validation selection has only the last one, used with a warning).
 
 Example usage:
 
@@ -19,7 +21,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 from pathlib import Path
+
+import numpy as np
+
+from cryotune._io import join, resolve
+from cryotune.data.mrc import StackWriter, open_stack
+from cryotune.data.star import read_particles, stack_image_names, write_particles
+from cryotune.errors import BadInput
+from cryotune.study.tables import load_study
+
+log = logging.getLogger(__name__)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -39,29 +52,28 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def _model_path(model: str, trial: str | None) -> str:
     """A checkpoint file: ``model`` itself, or the chosen trial's checkpoint in a study."""
-    import logging
-
-    from cryotune.errors import BadInput
-    from cryotune.results import load_study
-
     if not (Path(model).is_dir() or "://" in model):
         if trial is not None:
             raise BadInput("--trial needs a study as --model", model, "pass the study folder")
         return model
     study = load_study(model)
     if trial is None:
-        row = study.best_trial()
+        row = study.best(with_model=True)
     else:
         rows = study.trials[study.trials["trial_id"] == trial]
         if rows.empty:
             raise BadInput(f"no trial {trial!r} in the study", model,
                            "see the trial ids with `cryotune query STUDY --all`")
         row = rows.iloc[0]
-    path = row.get("checkpoint")
-    if not isinstance(path, str):
+    last = row.get("checkpoint")
+    if not isinstance(last, str):
         raise BadInput(f"trial {row['trial_id']} has no model", model, "choose a finished trial")
-    logging.getLogger(__name__).info("using trial %s (test MSE %.3e): %s", row["trial_id"],
-                                     row.get("test_mse", float("nan")), path)
+    path = _best_checkpoint(last)
+    if path == last:
+        log.warning("trial %s has no best.pt (recorded before validation selection): using its "
+                    "last checkpoint", row["trial_id"])
+    log.info("using trial %s, epoch %s (selection score %s): %s", row["trial_id"],
+             row.get("best_epoch"), row.get("select_score"), path)
     if "://" in path:  # a remote study: fetch the checkpoint once into a local temporary file
         import tempfile
 
@@ -75,10 +87,25 @@ def _model_path(model: str, trial: str | None) -> str:
     return path
 
 
+def _best_checkpoint(last: str) -> str:
+    """The trial's best validation epoch's checkpoint (``best.pt`` beside its last one), or
+    ``last`` when there is none."""
+    import pyarrow.fs as pafs
+
+    from cryotune.nn.train import BEST_NAME
+
+    folder, _, _ = last.rstrip("/").rpartition("/")
+    candidate = join(folder, BEST_NAME) if folder else BEST_NAME
+    try:
+        fs, local = resolve(candidate)
+        found = fs.get_file_info(local).type == pafs.FileType.File
+    except (BadInput, OSError):
+        found = False
+    return candidate if found else last
+
+
 def _check_paths(src: Path, out: Path) -> bool:
     """Validate the input/output pair; True for a STAR input."""
-    from cryotune.errors import BadInput
-
     star = src.suffix.lower() == ".star"
     if star != (out.suffix.lower() == ".star"):
         raise BadInput(f"{'a STAR' if star else 'an MRC stack'} input needs "
@@ -86,26 +113,21 @@ def _check_paths(src: Path, out: Path) -> bool:
                        "give --output the input's kind of file")
     if out.resolve() == src.resolve():
         raise BadInput("the output would overwrite the input", str(out), "choose another --output")
-    if not out.parent.is_dir():
-        raise BadInput("output folder does not exist", str(out.parent), "create it first")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise BadInput("output folder is a file", str(out.parent), "choose another --output")
     return star
 
 
 def main(args: argparse.Namespace) -> int:
-    from cryotune.errors import BadInput
-
     src, out = Path(args.input), Path(args.output)
     star = _check_paths(src, out)
     if args.batch_size < 1:
         raise BadInput(f"--batch-size {args.batch_size} is not positive", "--batch-size",
                        "use 1 or more")
 
-    import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cryotune.data.mrc import StackWriter, open_stack
-    from cryotune.data.star import read_particles, stack_image_names, write_particles
-    from cryotune.nn.train import Trainer
+    from cryotune.nn.train import Trainer  # torch: only when a stack is denoised
 
     trainer = Trainer.load_checkpoint(_model_path(args.model, args.trial), device=args.device)
     shape = trainer.image_shape
@@ -146,6 +168,7 @@ def main(args: argparse.Namespace) -> int:
 
         progress = Progress(TextColumn("denoise"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn())
+        out.parent.mkdir(parents=True, exist_ok=True)  # as other denoisers do: out/ is made
         with progress, StackWriter(stack_out, (n, *shape), pixel_size) as writer:
             task = progress.add_task("denoise", total=n)
             for images in chunks():

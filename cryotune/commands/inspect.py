@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import argparse
 
-from cryotune.data.contamination import TYPES
+from cryotune import vocab
+from cryotune._ray import prepare_env
+from cryotune.data.contamination import check
+from cryotune.data.store import open_dataset
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", metavar="DATASET", help="the dataset folder")
     parser.add_argument("--eps", type=float, default=0.2,
                         help="contamination rate for the preview (default: 0.2)")
-    parser.add_argument("--contamination", choices=TYPES, default="A",
+    parser.add_argument("--contamination", choices=vocab.CONTAMINATIONS, default="A",
                         help="contamination type for the preview (default: A)")
     parser.add_argument("--seed", type=int, default=0, help="order and contamination seed")
     parser.add_argument("--batch-size", type=int, default=20, help="images per batch (default: 20)")
@@ -52,7 +55,11 @@ def summary(dataset) -> list[str]:
         f"snr         target {_fmt(m.get('snr'))}, measured {_fmt(m.get('snr_measured'))}"
         f" ({m.get('snr_convention')})",
     ]
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
+        if split not in m["splits"]:
+            lines.append(f"{split:<11} none (written before the validation split; studies hold "
+                         "out part of train)")
+            continue
         shards = m["splits"][split]["shards"]
         lines.append(f"{split:<11} {dataset.count(split)} images in {len(shards)} shard(s)"
                      f" of <= {max((s['rows'] for s in shards), default=0)} rows")
@@ -79,17 +86,16 @@ def main(args: argparse.Namespace) -> int:
     import os
     import time
 
-    from cryotune.data.contamination import check
-    from cryotune.data.store import open_dataset
-
     check(args.eps, args.contamination)
     dataset = open_dataset(args.dataset, verify=True)
     print("\n".join(summary(dataset)))
     if args.no_pipeline:
         return 0
 
-    # the preview prints its own lines: no Ray Data progress bars (read when Ray Data loads)
+    # the preview prints its own lines: no Ray Data progress bars (read when Ray Data loads);
+    # Ray Data also reads the environment prepare_env() sets when it is imported
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    prepare_env()
     from cryotune.data.pipeline import DataPipeline
 
     start = time.perf_counter()

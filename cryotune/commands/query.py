@@ -6,20 +6,35 @@ with ``--by`` it aggregates the metrics per group. Config keys may be named with
 the paper's method names (``(0.5,0.5)-GAN + ℓ1``, ``WGAN-GP + ℓ1``...). Several studies are
 merged.
 
+``--rank-by GOAL`` ranks configurations (method and hyperparameters, averaged over seeds) by a
+robustness goal on the validation selection score (``select_score``), never on test: ``clean``
+(eps 0), ``worst`` (the worst contaminated cell), ``worst_ratio`` (worst / clean), ``cvar``
+(the mean of the worst ``--q`` of the contaminated cells). The test MSE at the best epoch of
+the same cells is shown beside the score, and ``pareto`` marks the front of clean score against
+worst case. Diverged trials are left out and counted; a configuration with one ranks last.
+
 Example usage:
     cryotune query studies/smoke
     cryotune query studies/fig5 --where "method == 'l2_ae' and eps > 0" --by method,eps
     cryotune query studies/fig5 --by label,contamination,eps --metrics test_mse,test_psnr --agg mean,std,count
     cryotune query studies/fig5 --by method,eps --format csv --out fig5.csv
+    cryotune query studies/fig5 --rank-by worst_ratio
+    cryotune query studies/fig5 --rank-by cvar --q 0.5 --where "method != 'wgan'"
     cryotune query studies/table1 s3://lab/studies/table1-gpu --format parquet --out table1.parquet
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+import pandas as pd
+
+from cryotune import vocab
 from cryotune.errors import BadInput
+from cryotune.study.labels import method_labels
+from cryotune.study.tables import load_study
 
 FORMATS = ("table", "csv", "json", "parquet")
 DEFAULT_METRICS = "test_mse,test_psnr,test_ssim"
@@ -28,7 +43,8 @@ DEFAULT_METRICS = "test_mse,test_psnr,test_ssim"
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("studies", nargs="+", metavar="STUDY", help="study folders or URIs")
     parser.add_argument("--where", default=None,
-                        help="a pandas query on the trials, e.g. \"method == 'l2_ae' and eps > 0\"")
+                        help="a filter on the trials: columns, literals, comparisons, in [...], "
+                             "and/or/not, e.g. \"method == 'l2_ae' and eps > 0\"")
     parser.add_argument("--by", default=None, help="comma-separated columns to group by")
     parser.add_argument("--metrics", default=None,
                         help=f"comma-separated metric columns (default: those of {DEFAULT_METRICS} "
@@ -37,6 +53,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated aggregations with --by (default: mean,std,count)")
     parser.add_argument("--all", action="store_true",
                         help="without --by: every column of the trials table")
+    parser.add_argument("--rank-by", default=None, metavar="GOAL",
+                        help="rank configurations by a robustness goal on validation: "
+                             "clean, worst, worst_ratio or cvar")
+    parser.add_argument("--q", type=float, default=0.25,
+                        help="with --rank-by cvar: the fraction of worst cells (default 0.25)")
     parser.add_argument("--format", default="table", choices=FORMATS, help="output format")
     parser.add_argument("--out", default=None, help="write to this file instead of the console")
 
@@ -47,13 +68,11 @@ def _names(text: str | None) -> list[str]:
 
 def select(args: argparse.Namespace):
     """The frame ``args`` asks for: a trial listing or a grouped summary."""
-    import dataclasses
-
-    from cryotune.results import load_study, method_labels
-
     study = load_study(*args.studies)
     if args.where:
         study = study.query(args.where)
+    if getattr(args, "rank_by", None):
+        return ranked(study, args.rank_by, args.q)
     if "label" in _names(args.by) and "label" not in study.trials:  # the paper's method names
         study = dataclasses.replace(study, trials=study.trials.assign(
             label=method_labels(study.trials)))
@@ -72,10 +91,37 @@ def select(args: argparse.Namespace):
     return trials[head + ["trial_id", "status"] + config + metrics]
 
 
+def ranked(study, goal: str, q: float) -> pd.DataFrame:
+    """The configurations ranked by ``goal`` on validation, the test metric beside."""
+    if goal not in vocab.ROBUSTNESS_GOALS:
+        raise BadInput(f"unknown robustness goal {goal!r}", "--rank-by",
+                       f"use one of {', '.join(vocab.ROBUSTNESS_GOALS)}")
+    pick = study.select(goal=goal, q=q)
+    # the label already names the method and its (alpha, beta), lambda, p, reduction, lr_g
+    named = {f"config.{k}" for k in ("method", "alpha", "beta", "lambda", "p", "reduction",
+                                      "lr_g")}
+    table = pick.table.drop(columns=["eligible", "cells", goal, *named], errors="ignore")
+    if table["dataset"].nunique() == 1:
+        table = table.drop(columns=["dataset"])
+    left = ", ".join(f"{n} {why}" for why, n in pick.excluded.items())
+    best = pick.best
+    lines = [f"ranked by {goal} on {pick.score} (validation); {pick.test} reported beside it"
+             + (f"; left out: {left}" if left else ""), *pick.notes,
+             f"chosen on validation ({goal}): {best['label']}, {goal} {best['score']:.4g} on "
+             f"validation, {best['test']:.4g} on test ({pick.test})"]
+    print("\n".join(lines), file=sys.stderr)  # the table itself may be piped as csv/json
+    names = {"score": f"{goal} (val)", "test": f"{goal} (test)"}
+    return table.rename(columns=names)
+
+
 def main(args: argparse.Namespace) -> int:
     if args.format == "parquet" and not args.out:
         raise BadInput("parquet output is binary", "--format parquet", "add --out FILE.parquet")
     frame = select(args).rename(columns=lambda c: c.removeprefix("config."))
+    if args.out:  # like report -o: missing parent folders are created
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if args.format == "table":
         print_frame(frame, args.out)
         return 0
@@ -111,8 +157,6 @@ def print_frame(frame, out: str | None = None) -> None:
 
 
 def _cell(value) -> str:
-    import pandas as pd
-
     if isinstance(value, float):
         return "-" if pd.isna(value) else f"{value:.4g}"
     return "-" if value is None else str(value)

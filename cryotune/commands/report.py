@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 
+from cryotune.report import build_report
+from cryotune.study.tables import load_study
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("studies", nargs="+", metavar="STUDY", help="study folders or URIs")
@@ -21,9 +24,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from cryotune.report import build_report
-    from cryotune.results import load_study
-
     study = load_study(*args.studies)
     path = build_report(study, args.output, title=args.title)
     print(f"report: {path.resolve()}")

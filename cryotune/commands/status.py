@@ -1,5 +1,8 @@
 """Show where a study stands: trials by status, the best so far, the errors (no Ray needed).
 
+The best trial is chosen on validation (its ``select_score``, the study's ``select.metric``);
+its test metrics at that epoch are reported beside it, never used to choose.
+
 Reads ``trials.parquet`` and ``spec.yaml``; a study whose sweep was interrupted shows the trials
 still to run and how to finish them.
 
@@ -12,54 +15,81 @@ from __future__ import annotations
 
 import argparse
 
+import pandas as pd
+
+from cryotune import vocab
+from cryotune._lock import read_lock
+from cryotune.errors import BadInput
+from cryotune.runs.sweep import planned_trials
+from cryotune.study.labels import method_labels
+from cryotune.study.store import STATUSES
+from cryotune.study.tables import load_study
+
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("study", metavar="STUDY", help="a study folder or URI")
 
 
-def expected_trials(spec: dict) -> int | None:
-    """The trial count the study's spec asks for, or None when it cannot be read here."""
-    from cryotune.errors import CryotuneError
-    from cryotune.sweep.space import trial_configs
-    from cryotune.sweep.spec import spec_from_mapping
-
-    raw = {k: v for k, v in spec.items() if k != "provenance"}
-    try:
-        sweep = spec_from_mapping(raw)
-    except CryotuneError:
-        return None
-    return sweep.n_trials if sweep.search != "grid" else len(trial_configs(sweep))
-
-
 def main(args: argparse.Namespace) -> int:
-    import pandas as pd
     from rich.console import Console
 
-    from cryotune.results import STATUSES, load_study, method_labels
-
-    console = Console(highlight=False)
-    study = load_study(args.study)
+    console = Console(highlight=False, soft_wrap=True)
+    holder = read_lock(args.study)
+    try:
+        study = load_study(args.study)
+    except BadInput:
+        if not holder:
+            raise
+        console.print(f"study {args.study}: nothing recorded yet")
+        console.print(_running(holder))
+        return 0
     trials = study.trials
     spec = next(iter(study.specs.values()), {})
-    metric = spec.get("metric", "test_mse")
-    mode = spec.get("mode") or ("max" if metric in ("test_psnr", "test_ssim") else "min")
     name = spec.get("name") or (trials["study"].iloc[0] if len(trials) else args.study)
     counts = trials["status"].value_counts()
-    expected = expected_trials(spec) if spec else None
+    expected = planned_trials(spec) if spec else None
     console.print(f"study {name}: {study.uris[0]}")
+    if holder:
+        console.print(_running(holder))
     line = ", ".join(f"{int(counts[s])} {s}" for s in STATUSES if s in counts) or "no trials yet"
     console.print(f"trials: {line}" + (f" (of {expected})" if expected else ""))
-    if expected and len(trials) < expected:
-        console.print(f"{expected - len(trials)} trials have not ended: "
+    ended = int((trials["status"] != "interrupted").sum())  # interrupted: rerun on resume
+    if expected and ended < expected:
+        console.print(f"{expected - ended} trials have not ended: "
                       f"cryotune sweep {study.uris[0]} --resume")
-    if metric in trials and trials[metric].notna().any():
-        ok = trials[trials[metric].notna()]
-        best = ok.loc[ok[metric].idxmin() if mode == "min" else ok[metric].idxmax()]
+    interrupted = trials.loc[trials["status"] == "interrupted", "trial_id"].astype(str)
+    if len(interrupted):
+        console.print(f"interrupted (no result, rerun by --resume): {', '.join(interrupted)}")
+    try:
+        best = study.best()
+    except BadInput as err:
+        best = None  # an old study, or no trial selected yet
+        console.print(f"best: {err.what}")
+    if best is not None:
         label = method_labels(pd.DataFrame([best])).iloc[0]
         eps = best.get("config.eps")
         data = f" eps {eps:g} {best.get('config.contamination')}" if pd.notna(eps) and eps else ""
-        console.print(f"best {metric} ({mode}): {best[metric]:.4g}, trial {best['trial_id']} "
-                      f"({label}{data}, seed {best.get('config.seed')})")
+        metric = best.get("select_metric") or "val_mse_median"
+        console.print(f"best on validation ({metric} {vocab.goal(metric)}): "
+                      f"{best['select_score']:.4g} at epoch {int(best['best_epoch'])}, trial "
+                      f"{best['trial_id']} ({label}{data}, seed {best.get('config.seed')})")
+        console.print(f"  its test scores at that epoch: MSE {_num(best, 'test_mse_at_best', 'e')}"
+                      f", PSNR {_num(best, 'test_psnr_at_best', 'f')}, SSIM "
+                      f"{_num(best, 'test_ssim_at_best', 'f')}")
     for row in trials[trials["status"].isin(("error", "diverged"))].itertuples():
         console.print(f"{row.status} {row.trial_id}: {row.error}")
     return 0
+
+
+def _running(holder: dict) -> str:
+    """``running: pid N on HOST since T (command)`` from the study's lock record."""
+    text = (f"running: pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "
+            f"{holder.get('since', '?')}")
+    return text + (f" ({holder['command']})" if holder.get("command") else "")
+
+
+def _num(row: pd.Series, name: str, kind: str) -> str:
+    value = pd.to_numeric(pd.Series([row.get(name)]), errors="coerce").iloc[0]
+    if pd.isna(value):
+        return "-"
+    return f"{value:.3e}" if kind == "e" else f"{value:.3f}"

@@ -7,7 +7,17 @@ GPUs. The study goes to ``<storage>/<name>/``: Ray Tune's experiment, ``spec.yam
 ``--scale cpu`` applies the file's ``scales.cpu`` preset (the paper-scale files shrink to 32 px,
 1,000 pairs, width 16, CPU trials); ``--set key=value`` overrides any key (dotted paths,
 values in YAML). Exit status: 0 when every trial ended (finished, stopped early or diverged),
-1 when some trial errored (the study is still written), 2 for a bad spec or arguments.
+1 when some trial errored (the study is still written), 2 for a bad spec or arguments, or a
+study another process writes (its lock names it); 130 on Ctrl-C and 143 on SIGTERM, after a
+line with the trials finished and the ``--resume`` command: the trials that were running are
+recorded as ``interrupted`` (no result) and run again on resume.
+
+``--extend STUDY`` grows a finished grid study: each grid axis (methods, lambda, reduction,
+eps, contamination, seeds) becomes the union of the study's values and SPACE's, and only the
+cells no trial holds run, in ``STUDY/tune-ext-N/``; existing trials stay as they are. Any other
+setting that SPACE changes (dataset, epochs, train, select, ...) is refused, naming the key.
+``--dry-run`` lists the new trials. A killed extension continues with ``--extend`` again or
+``cryotune sweep STUDY --resume``.
 
 Example usage:
     cryotune sweep search_spaces/smoke.yaml
@@ -15,6 +25,7 @@ Example usage:
     cryotune sweep search_spaces/paper-table1.yaml --scale cpu --set epochs=5 --storage studies
     cryotune sweep search_spaces/smoke.yaml --resume
     cryotune sweep studies/smoke --resume
+    cryotune sweep search_spaces/smoke.yaml --set seeds=3 --extend studies/smoke --dry-run
     RAY_ADDRESS=10.0.0.1:6379 cryotune sweep search_spaces/paper-table1.yaml --storage s3://lab/studies
 """
 
@@ -23,10 +34,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 
-from cryotune.errors import BadConfig
+import pandas as pd
+
+from cryotune._version import __version__
+from cryotune.commands.query import print_frame
+from cryotune.config import load_yaml
+from cryotune.errors import BadConfig, CryotuneError
+from cryotune.runs.sweep import (
+    at_study,
+    plan_extension,
+    prepare_datasets,
+    quiet_environment,
+    run_sweep,
+    study_paths,
+)
+from cryotune.study.labels import method_labels
+from cryotune.study.store import SELECTABLE, flatten_config
+from cryotune.study.tables import Study, load_study
+from cryotune.sweep.resources import fit_resources
+from cryotune.sweep.space import trial_configs
+from cryotune.sweep.spec import load_spec, spec_from_mapping
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +73,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="join this Ray cluster (default: RAY_ADDRESS, else embedded Ray)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted study: finished trials stay, others resume")
+    parser.add_argument("--extend", default=None, metavar="STUDY",
+                        help="grow this finished grid study by SPACE's axes (seeds, eps, types, "
+                             "methods, lambdas) and run only the cells it lacks")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the trials, resources and data, and start nothing")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
@@ -48,9 +83,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace):
     """The spec from a YAML file, or from a study folder's ``spec.yaml`` (its own storage)."""
-    from cryotune.config import load_yaml
-    from cryotune.sweep.spec import load_spec, spec_from_mapping
-
     overrides = list(args.overrides)
     if args.storage:
         overrides.append(f"storage={json.dumps(args.storage)}")
@@ -70,30 +102,37 @@ def load(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from cryotune.sweep.run import quiet_environment
-
     quiet_environment(verbose=args.verbose,
                       joining=bool(args.address or os.environ.get("RAY_ADDRESS")))
     spec = load(args)
+    if args.extend:
+        if args.resume:
+            raise BadConfig("--extend continues a killed extension itself", "--resume",
+                            "drop --resume (or resume with: cryotune sweep STUDY --resume)")
+        spec = at_study(spec, args.extend)
     if args.dry_run:
+        if args.extend:
+            print_extension(plan_extension(spec))
+            return 0
         print_plan(spec, address=args.address or os.environ.get("RAY_ADDRESS"))
         return 0
-    from cryotune import __version__
-    from cryotune.sweep.run import run_sweep
-
     started_ray = "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
     view = LiveView()
     try:
         with view:
             outcome = run_sweep(spec, address=args.address, resume=args.resume,
-                                verbose=args.verbose, on_progress=view.update,
+                                extend=bool(args.extend), verbose=args.verbose, on_progress=view.update,
                                 provenance={"cryotune_version": __version__,
                                             "command": " ".join(["cryotune", *sys.argv[1:]])})
         print_outcome(outcome, spec)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: cryotune.cli sets the exit status
+        print_interrupted(spec, args)
+        raise
     finally:
-        ray = sys.modules.get("ray")
-        if started_ray and ray is not None and ray.is_initialized():
-            ray.shutdown()
+        if started_ray:
+            from cryotune._ray import shutdown_ray
+
+            shutdown_ray()
     return outcome.exit_code
 
 
@@ -101,10 +140,6 @@ def main(args: argparse.Namespace) -> int:
 
 def _label(config: dict) -> str:
     """``(0.5,0.5)-GAN + l1 eps 0.2 A seed 0`` for a trial config."""
-    import pandas as pd
-
-    from cryotune.results import flatten_config, method_labels
-
     name = method_labels(pd.DataFrame([flatten_config(config)])).iloc[0]
     eps = config.get("eps") or 0
     data = f" eps {eps:g} {config.get('contamination')}" if eps else ""
@@ -119,7 +154,6 @@ class LiveView:
         from rich.console import Console
 
         self.console = Console(highlight=False, soft_wrap=True)
-        self.metric = "metric"
         self._live = None
 
     def __enter__(self) -> LiveView:
@@ -159,29 +193,59 @@ class LiveView:
         minutes, seconds = divmod(int(p.elapsed), 60)
         best = ""
         if p.best is not None:
-            best = f" | best {p.best[0]:.4g} ({_label(p.best[2])})"
+            best = f" | best {p.metric} {p.best[0]:.4g} ({_label(p.best[2])})"
         return (f"trials: {p.finished}/{p.total} finished, {p.running} running, "
                 f"{p.pending} pending, {p.failed} failed{best} | {minutes}:{seconds:02d}")
 
 
+def resume_command(spec, args: argparse.Namespace) -> str:
+    """The exact command that continues the study: its folder with ``--resume`` (a study at a
+    URI: the space and options it was started with, and ``--resume``)."""
+    _, study = study_paths(spec)
+    if "://" not in study:
+        words = ["cryotune", "sweep", study]
+    else:
+        words = ["cryotune", "sweep", args.space]
+        words += ["--scale", args.scale] if args.scale else []
+        words += [w for o in args.overrides for w in ("--set", o)]
+        words += ["--storage", args.storage] if args.storage else []
+    words += ["--resume"] + (["--address", args.address] if args.address else [])
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def print_interrupted(spec, args: argparse.Namespace) -> None:
+    """How far the interrupted sweep got, and how to finish it (one line, on stderr)."""
+    _, study = study_paths(spec)
+    try:
+        statuses = load_study(study).trials["status"]
+    except CryotuneError:
+        statuses = pd.Series([], dtype=object)
+    total = len(trial_configs(spec)) if spec.search == "grid" else spec.n_trials
+    ended = int(statuses.isin(("finished", "stopped", "diverged", "error")).sum())
+    finished = int((statuses == "finished").sum())
+    cut = int((statuses == "interrupted").sum())
+    print(f"sweep interrupted: {finished} of {total} trials finished ({ended} ended), {cut} "
+          f"interrupted; finish it with: {resume_command(spec, args)}", file=sys.stderr)
+
+
 def print_outcome(outcome, spec) -> None:
     from rich.console import Console
-
-    from cryotune.commands.query import print_frame
-    from cryotune.results import Study, load_study, method_labels
 
     console = Console(highlight=False)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items()))
     console.print(f"study {spec.name}: {counts} of {outcome.total} trials")
     study = load_study(outcome.study)
     trials = study.trials
-    if len(trials) and spec.metric in trials:
-        trials = trials.assign(method=method_labels(trials))
+    # the test MSE of each trial's best validation epoch, reported (chosen on validation)
+    metric = "test_mse_at_best"
+    ended = trials[trials["status"].isin(SELECTABLE)]  # diverged trials are counted, not averaged
+    if len(ended) and metric in ended:
+        ended = ended.assign(method=method_labels(ended))
         by = ["method"] + [c for c in ("config.eps", "config.contamination", "config.snr")
-                           if c in trials and trials[c].nunique() > 1]
-        summary = Study(trials=trials).summary(by=by, metrics=[spec.metric])
-        if (summary[f"{spec.metric}_count"] == 1).all():  # one trial a group: no spread
-            summary = summary.drop(columns=[f"{spec.metric}_std", f"{spec.metric}_count"])
+                           if c in ended and ended[c].nunique() > 1]
+        summary = Study(trials=ended).summary(by=by, metrics=[metric])
+        if (summary[f"{metric}_count"] == 1).all():  # one trial a group: no spread
+            summary = summary.drop(columns=[f"{metric}_std", f"{metric}_count"])
         print_frame(summary.rename(columns=lambda c: c.removeprefix("config.")))
     for row in trials[trials["status"] == "error"].itertuples():
         console.print(f"[red]error[/] {row.trial_id}: {row.error}")
@@ -189,16 +253,21 @@ def print_outcome(outcome, spec) -> None:
     console.print(f"query it: cryotune query {outcome.study} --by label,eps")
 
 
+def print_extension(plan) -> None:
+    """The extension's dry run: what it adds, and exactly the trials it would run."""
+    _, study = study_paths(plan.spec)
+    added = "; ".join(f"{k} +{json.dumps(v)}" for k, v in plan.added.items()) or "nothing"
+    print(f"extend {study}: adds {added}")
+    if plan.unfinished:  # its pending cells have no row yet: they are listed below too
+        print(f"continues first: {', '.join(plan.unfinished)} (a killed run), which runs its "
+              f"own cells of those below")
+    print(f"new trials: {len(plan.new)} (in {plan.experiment})")
+    for i, config in enumerate(plan.new):
+        print(f"  trial_{plan.first_trial + i:05d}  {_label(config)}")
+
+
 def print_plan(spec, *, address: str | None) -> None:
     """The dry run: trial count, resources, data; starts nothing."""
-    from collections import Counter
-
-    import pandas as pd
-
-    from cryotune.results import flatten_config, method_labels
-    from cryotune.sweep.run import prepare_datasets, study_paths
-    from cryotune.sweep.space import fit_resources, trial_configs
-
     _, study = study_paths(spec)
     print(f"study {spec.name} -> {study}")
     datasets = prepare_datasets(spec, create=False)
@@ -211,7 +280,7 @@ def print_plan(spec, *, address: str | None) -> None:
         for name, n in Counter(labels).items():
             print(f"  {n:5d} x {name}")
     print(f"epochs: {spec.epochs} (checkpoint every {spec.checkpoint_every}), scheduler "
-          f"{spec.scheduler.type}, metric {spec.metric} ({spec.mode}), max_failures "
+          f"{spec.scheduler.type}, select {spec.select.metric} ({spec.select.mode}), max_failures "
           f"{spec.max_failures}")
     if address:
         print(f"resources: {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU per trial "

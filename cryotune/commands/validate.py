@@ -1,12 +1,19 @@
 """Validate a finished study's models: 3D reconstruction with FSC, and conformation clustering.
 
-Each trial row with a model (its last checkpoint) denoises the test split of its dataset; the
-denoised images are reconstructed per conformation with the dataset's poses (FSC against the
-ground truth of a simulated dataset and between half maps, resolutions at 0.143 and 0.5) and
-clustered (Isomap + k-means, first vs last conformation). The row gains the columns
-``fsc_res_0143_A``, ``fsc_res_05_A``, ``fsc_truth_*``, ``fsc_half_*``, ``cluster_acc``...
-(the other columns stay), and the curves, volume views and embedding go under the trial. The
-clean and noisy test images are validated once per dataset, for the report to compare.
+Each trial row with a model denoises the test split of its dataset with its selected epoch's
+model (``best.pt``; the last checkpoint, with a warning, in a study from before selection on
+validation), recorded as ``validated_epoch``; the denoised images are reconstructed per
+conformation with the dataset's poses (FSC against the ground truth of a simulated dataset and
+between half maps, resolutions at 0.143 and 0.5) and clustered (Isomap + k-means, first vs
+last conformation). The row gains the columns ``fsc_res_0143_A``, ``fsc_res_05_A``,
+``fsc_truth_*``, ``fsc_half_*``, ``cluster_acc``... (the other columns stay), and the curves,
+volume views and embedding go under the trial. The clean and noisy test images are validated
+once per dataset, for the report to compare.
+
+Real particles (a store from ``cryotune ingest --map``) have no ground truth: the resolution
+is the half-map FSC at 0.143 of the denoised test particles at their refined poses, beside the
+raw particles' own, with ``fsc_n_images``; ``fsc_map_*`` correlate the full reconstruction
+with the input map, which is biased toward that map.
 
 Example usage:
     cryotune validate studies/smoke
@@ -36,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from cryotune.validate.runner import validate_study
+    from cryotune.runs.validate import validate_study  # torch: only when it runs
 
     rows = validate_study(args.study, what=args.what.split(","), views=args.views,
                           trials=args.trials.split(",") if args.trials else None,

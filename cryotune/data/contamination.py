@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from cryotune import vocab
 from cryotune.errors import BadConfig
 
-__all__ = ["TYPES", "check", "contaminate", "contaminated_mask"]
+__all__ = ["check", "contaminate", "contaminated_mask", "holdout_mask"]
 
-TYPES = ("none", "A", "B", "C")
 # Fields each type replaces.
 _FIELDS = {"none": (), "A": ("clean",), "B": ("noisy",), "C": ("clean", "noisy")}
 # Distinct hash streams, so the mask and each field's pixels are independent.
-_STREAM = {"mask": 1, "clean": 2, "noisy": 3}
+_STREAM = {"mask": 1, "clean": 2, "noisy": 3, "holdout": 4}
+# The key of the validation hold-out: one for every trial, whatever its seed.
+_HOLDOUT_SEED = 0x5EED_7A11
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -53,13 +55,13 @@ def _hash(ids: np.ndarray, seed: int, stream: str) -> np.ndarray:
 
 
 def check(eps: float, kind: str) -> None:
-    """Raise BadConfig unless 0 <= eps <= 1 and kind is one of :data:`TYPES`."""
+    """Raise BadConfig unless 0 <= eps <= 1 and kind is one of :data:`cryotune.vocab.CONTAMINATIONS`."""
     if not (isinstance(eps, (int, float, np.floating)) and 0.0 <= float(eps) <= 1.0):
         raise BadConfig(f"contamination rate {eps!r} is outside [0, 1]", "eps",
                         "give eps between 0 and 1, e.g. 0.1")
-    if kind not in TYPES:
+    if kind not in vocab.CONTAMINATIONS:
         raise BadConfig(f"unknown contamination type {kind!r}", "contamination",
-                        f"use one of {', '.join(TYPES)}")
+                        f"use one of {', '.join(vocab.CONTAMINATIONS)}")
 
 
 def contaminated_mask(ids: np.ndarray, eps: float, seed: int) -> np.ndarray:
@@ -76,6 +78,23 @@ def contaminated_mask(ids: np.ndarray, eps: float, seed: int) -> np.ndarray:
     check(eps, "none")
     u = (_hash(ids, seed, "mask") >> np.uint64(11)).astype(np.float64) * 2.0**-53
     return u < float(eps)
+
+
+def holdout_mask(ids: np.ndarray, fraction: float) -> np.ndarray:
+    """Which samples a store without a validation split holds out as one: ``v(id) < fraction``.
+
+    ``v`` comes from a hash stream of its own under a fixed key, so the held-out set is the same
+    for every trial, seed and epoch, and independent of which samples are contaminated.
+
+    Args:
+        ids: sample ids (N,), any integer dtype.
+        fraction: the expected share held out, in [0, 1].
+
+    Returns:
+        bool (N,).
+    """
+    u = (_hash(ids, _HOLDOUT_SEED, "holdout") >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return u < float(fraction)
 
 
 def _gaussian_images(ids: np.ndarray, shape: tuple[int, ...], seed: int, field: str) -> np.ndarray:

@@ -6,6 +6,12 @@ of images of the same shape. Stacks are read through memory maps in chunks of ``
 images, in two passes: the first finds the references' minimum and maximum, the second
 normalises and writes. Memory stays bounded by the shard size, whatever the stack size.
 
+- **References from a map** (``map_path`` instead of ``references``): the particles are a STAR
+  or cryoSPARC ``.cs`` file (:mod:`cryotune.data.cryosparc`) with poses, and each reference is
+  the map projected at its particle's pose and origin, times its CTF unless ``ctf="none"``
+  (:mod:`cryotune.data.project`), made chunk by chunk in each pass; the manifest's
+  ``references`` entry records the map, the mask and whether the CTF was applied.
+
 - **Normalisation** (as for simulated data): clean references are mapped to [0, 1] over the
   whole dataset, ``x -> (x - min) / (max - min)``, and the noisy particles by the same map.
 - **Crop**: ``crop=N`` keeps the central N x N pixels, starting at ``n // 2 - N // 2`` on each
@@ -17,8 +23,10 @@ normalises and writes. Memory stays bounded by the shard size, whatever the stac
   stored as quaternions (w, x, y, z) of RELION's matrix, shifts as RELION's origin in pixels
   (translate the image by ``+shift`` to centre the particle; see :mod:`cryotune.data.star`).
 - **Split**: ``round(n * test_fraction)`` images (at least one when the fraction is positive),
-  drawn with ``numpy.random.default_rng(seed)``, form the test split; ids are the 0-based
-  positions in the input.
+  drawn with ``numpy.random.default_rng(seed)``, form the test split; of the others,
+  ``round(val_fraction * n_rest)`` (at least one when the fraction is positive), drawn from a
+  generator seeded by ``(seed, 1)``, form the validation split; ids are the 0-based positions
+  in the input. The test split is the one a store without validation had at that seed.
 
 Every problem is a :class:`~cryotune.errors.BadInput` naming the file and row or image; the store
 is built in a temporary folder, so an error leaves nothing at ``out``.
@@ -45,7 +53,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cryotune.data.cryosparc import read_cs
 from cryotune.data.mrc import StackSource, open_stack
+from cryotune.data.project import ProjectedSource
 from cryotune.data.star import ParticleTable, read_particles
 from cryotune.data.store import DatasetWriter
 from cryotune.errors import BadInput
@@ -145,13 +155,15 @@ class StarSource:
 
 
 def open_images(path: str | Path, *, force_stack: bool = False,
-                pixel_size: float | None = None) -> StackSource | StarSource:
-    """Open an MRC/MRCS stack, or the images of a STAR file (by its ``.star`` extension).
+                pixel_size: float | None = None,
+                require: Sequence[str] = ()) -> StackSource | StarSource:
+    """Open an MRC/MRCS stack, or the images of a STAR or cryoSPARC ``.cs`` file (by extension).
 
     Args:
         path: the stack or STAR file.
         force_stack: read an MRC file that looks like a 3D volume as a stack anyway.
         pixel_size: for STAR files, converts Angstrom origins where the file gives no pixel size.
+        require: for ``.cs`` files, field groups that must be present ("poses", "ctf").
 
     Returns:
         A source with ``path``, ``shape`` (n, H, W), ``read(start, stop)``, ``describe(i)`` and
@@ -159,8 +171,18 @@ def open_images(path: str | Path, *, force_stack: bool = False,
     """
     path = Path(path)
     if path.suffix.lower() == ".star":
-        return StarSource(read_particles(path, pixel_size=pixel_size))
-    return open_stack(path, force_stack=force_stack)
+        source = StarSource(read_particles(path, pixel_size=pixel_size))
+    elif path.suffix.lower() == ".cs":
+        source = StarSource(read_cs(path, require=require))
+    else:
+        source = open_stack(path, force_stack=force_stack)
+    n, h, w = source.shape
+    if h != w:
+        source.close()
+        raise BadInput(f"images are {w} x {h} pixels, not square ({n} of them: a "
+                       "crystallographic map or a micrograph?)", str(path),
+                       "pass square particle images, extracted in a square box")
+    return source
 
 
 def _resolve_pixel_size(override: float | None, particles, references) -> tuple[float, str]:
@@ -227,6 +249,24 @@ def _split(n: int, test_fraction: float, seed: int) -> np.ndarray:
     return is_test
 
 
+def _val_split(is_test: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Validation rows: ``round(val_fraction * rest)`` of the non-test rows (at least one when
+    the fraction is positive), from a stream of their own so the test split does not move."""
+    if not 0 <= val_fraction < 1:
+        raise BadInput(f"validation fraction {val_fraction} is outside [0, 1)", "--val-fraction",
+                       "pass a fraction of the training pairs such as 0.1, or 0 for none")
+    rest = np.flatnonzero(~is_test)
+    n_val = int(round(len(rest) * val_fraction))
+    n_val = max(n_val, 1) if val_fraction > 0 else 0
+    if len(rest) - n_val < 1:
+        raise BadInput(f"{len(rest)} training images leave none for training at validation "
+                       f"fraction {val_fraction}", "--val-fraction",
+                       "pass more images or a smaller fraction")
+    is_val = np.zeros_like(is_test)
+    is_val[np.random.default_rng([seed, 1]).choice(rest, size=n_val, replace=False)] = True
+    return is_val
+
+
 def _value_range(references, crop: int | None, rows: int, progress: Progress | None):
     lo, hi = np.inf, -np.inf
     n = len(references)
@@ -249,21 +289,31 @@ def _metadata(particles, references) -> ParticleTable | None:
     return None
 
 
-def ingest(out: str | Path, *, particles: str | Path, references: str | Path,
+def ingest(out: str | Path, *, particles: str | Path, references: str | Path | None = None,
+           map_path: str | Path | None = None, ctf: str = "auto",
+           mask: str | Path | None = None,
            crop: int | None = None, test_fraction: float = 0.05, seed: int = 0,
            formats: Sequence[str] = ("parquet",), pixel_size: float | None = None,
            shard_rows: int = 1024, overwrite: bool = False, force_stack: bool = False,
            name: str | None = None, command: str | None = None,
-           progress: Progress | None = None) -> Path:
+           progress: Progress | None = None, val_fraction: float = 0.1) -> Path:
     """Build a dataset store at ``out`` from particle images and clean references.
 
     Args:
         out: the dataset folder to create.
-        particles: noisy images: an MRC/MRCS stack or a RELION particle STAR file.
+        particles: noisy images: an MRC/MRCS stack, a RELION particle STAR file or a
+            cryoSPARC particle ``.cs`` file.
         references: clean references, likewise, one per particle in the same order.
+        map_path: instead of ``references``, a 3D map (``.mrc``) projected at each particle's
+            pose (:class:`~cryotune.data.project.ProjectedSource`); the particles must then be
+            a STAR or cryoSPARC ``.cs`` file with poses.
+        ctf: with ``map_path``: "apply" multiplies each projection by its particle's CTF,
+            "none" keeps plain projections, "auto" applies it when the file has every CTF value.
+        mask: with ``map_path``, a mask (``.mrc``) multiplied into the map.
         crop: keep the central ``crop`` x ``crop`` pixels (e.g. 360 -> 256).
         test_fraction: fraction of the images in the test split.
-        seed: seed of the train/test split.
+        val_fraction: fraction of the other (training) pairs in the validation split; 0: none.
+        seed: seed of the train/validation/test split.
         formats: store formats, any of "parquet" and "mrc".
         pixel_size: Angstrom per pixel; overrides the STAR files and MRC headers.
         shard_rows: images per shard, also the read chunk size (memory bound).
@@ -289,13 +339,17 @@ def ingest(out: str | Path, *, particles: str | Path, references: str | Path,
         raise BadInput(f"pixel size {pixel_size} must be positive", "--pixel-size",
                        "pass the pixel size in Angstrom, e.g. --pixel-size 1.06")
     with ExitStack() as stack:
+        needs = () if map_path is None else ("poses", "ctf") if ctf == "apply" else ("poses",)
         noisy_src = stack.enter_context(open_images(particles, force_stack=force_stack,
-                                                    pixel_size=pixel_size))
-        clean_src = stack.enter_context(open_images(references, force_stack=force_stack,
-                                                    pixel_size=pixel_size))
+                                                    pixel_size=pixel_size, require=needs))
+        clean_src = stack.enter_context(_references(noisy_src, references, map_path, ctf, mask,
+                                                    force_stack, pixel_size))
         _check_pair(noisy_src, clean_src, crop)
         size, size_from = _resolve_pixel_size(pixel_size, noisy_src, clean_src)
+        if isinstance(clean_src, ProjectedSource):
+            clean_src.bind(size)
         is_test = _split(len(noisy_src), test_fraction, seed)
+        is_val = _val_split(is_test, val_fraction, seed)
         table = _metadata(noisy_src, clean_src)
         lo, hi = _value_range(clean_src, crop, shard_rows, progress)
         image_shape = noisy_src.shape[1:] if crop is None else (crop, crop)
@@ -304,12 +358,13 @@ def ingest(out: str | Path, *, particles: str | Path, references: str | Path,
             pixel_size=size, formats=tuple(formats), shard_rows=shard_rows,
             overwrite=overwrite, command=command))
         snr = _write(writer, noisy_src, clean_src, table, is_test, crop, (lo, hi), shard_rows,
-                     progress)
+                     progress, is_val=is_val)
         source = {
             "particles": str(Path(particles).absolute()),
-            "references": str(Path(references).absolute()),
+            "references": str(Path(clean_src.path).absolute()),
             "count": len(noisy_src), "original_shape": list(noisy_src.shape[1:]), "crop": crop,
-            "pixel_size_from": size_from, "test_fraction": test_fraction, "seed": seed,
+            "pixel_size_from": size_from, "test_fraction": test_fraction,
+            "val_fraction": val_fraction, "seed": seed,
             "poses_from": None if table is None else str(table.path),
             "shift_convention": SHIFT_CONVENTION,
         }
@@ -317,13 +372,37 @@ def ingest(out: str | Path, *, particles: str | Path, references: str | Path,
             snr=None, snr_measured=snr, conformations=None,
             normalization={"method": "minmax_clean", "min": lo, "max": hi},
             has_poses=table is not None and table.poses is not None,
-            ctf=None if table is None else table.ctf, source=source)
+            ctf=None if table is None else table.ctf, source=source,
+            references=(clean_src.manifest() if isinstance(clean_src, ProjectedSource)
+                        else {"source": "images", "path": str(Path(references).absolute())}))
+
+
+def _references(particles, references, map_path, ctf: str, mask, force_stack: bool,
+                pixel_size: float | None):
+    """The clean side: a stack or STAR file of references, or the map projected at the poses."""
+    if (references is None) == (map_path is None):
+        raise BadInput("pass either references or a map, not both" if references is not None
+                       else "no clean references and no map", "--references/--map",
+                       "pass --references R (clean images) or --map MAP.mrc (projected at the "
+                       "particles' poses)")
+    if references is not None:
+        if mask is not None or ctf != "auto":
+            raise BadInput("--mask and --ctf apply to a projected --map only", "--mask/--ctf",
+                           "leave them out with --references")
+        return open_images(references, force_stack=force_stack, pixel_size=pixel_size)
+    if not isinstance(particles, StarSource):
+        raise BadInput("--map needs the particles' poses, and an MRC stack has none",
+                       str(particles.path), "pass a RELION STAR or cryoSPARC .cs file as "
+                       "--particles")
+    return ProjectedSource(particles.table, particles.shape[1:], map_path, mask=mask, ctf=ctf)
 
 
 def _write(writer: DatasetWriter, noisy_src, clean_src, table: ParticleTable | None,
            is_test: np.ndarray, crop: int | None, value_range: tuple[float, float], rows: int,
-           progress: Progress | None) -> float | None:
+           progress: Progress | None, *, is_val: np.ndarray | None = None) -> float | None:
     """Second pass: normalise and add every pair; returns var(clean) / var(noisy - clean)."""
+    if is_val is None:
+        is_val = np.zeros_like(is_test)
     lo, hi = value_range
     scale = 1.0 / (hi - lo)
     sums = np.zeros(4)  # clean sum, clean sum of squares, noise sum, noise sum of squares
@@ -338,7 +417,8 @@ def _write(writer: DatasetWriter, noisy_src, clean_src, table: ParticleTable | N
         sums += [_sum(clean), _sum(np.square(clean)), _sum(noise), _sum(np.square(noise))]
         del noise
         meta = _chunk_metadata(table, slice(start, stop))
-        for split, mask in (("train", ~is_test[start:stop]), ("test", is_test[start:stop])):
+        for split, mask in (("train", ~(is_test | is_val)[start:stop]),
+                            ("val", is_val[start:stop]), ("test", is_test[start:stop])):
             if mask.any():
                 writer.add(split, id=np.arange(start, stop)[mask], clean=clean[mask],
                            noisy=noisy[mask], **{k: v[mask] for k, v in meta.items()})

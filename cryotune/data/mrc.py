@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +47,7 @@ import mrcfile
 import numpy as np
 from mrcfile import utils as mrc_utils
 
+from cryotune._temps import owned_name, remove_stale
 from cryotune.errors import BadInput
 
 __all__ = ["StackSource", "StackWriter", "open_stack", "write_stack"]
@@ -209,6 +209,12 @@ def _checked_source(path: Path, mrc, size: int, force_stack: bool) -> StackSourc
             f"MRC file is truncated or corrupt: its header promises {nz} images of {ny}x{nx} "
             f"({expected} bytes) but the file has {size} bytes", str(path), _FIX_READ)
     shape = (nz, ny, nx)
+    sizes = [float(header.cella.x) / max(int(header.mx), 1),
+             float(header.cella.y) / max(int(header.my), 1)]
+    if all(math.isfinite(v) and v > 0 for v in sizes) and abs(sizes[0] - sizes[1]) > (
+            1e-3 * max(sizes)):
+        raise BadInput(f"pixel size is anisotropic ({sizes[0]:g} x {sizes[1]:g} A)", str(path),
+                       "pass images with square pixels (resample them first)")
     if not force_stack and _is_volume(path, header, shape):
         raise BadInput(
             f"looks like a 3D volume, not an image stack (space group {int(header.ispg)}, "
@@ -242,7 +248,8 @@ class StackWriter:
         # running statistics for the header, so closing never re-reads the whole stack
         self._min, self._max, self._sum, self._sumsq = np.inf, -np.inf, 0.0, 0.0
         # a hidden sibling on the same file system, so the final rename is atomic
-        self._tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        remove_stale(self.path.parent, f".{self.path.name}.", ".tmp")  # a killed earlier run's
+        self._tmp = self.path.with_name(owned_name(f".{self.path.name}.", ".tmp"))
         try:
             self._mrc = mrcfile.new_mmap(self._tmp, self.shape, mrc_mode=2)
             self._mrc.set_image_stack()

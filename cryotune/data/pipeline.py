@@ -17,7 +17,20 @@ shards in a permutation drawn from ``(s, e)``, permutes the rows of each block w
 seeded by ``(s, e, first id of the block)``, and mixes neighbouring blocks in a seeded local
 shuffle buffer. Execution keeps block order (``preserve_order``), so the order is a function of
 (store, s, e) alone: the same in the materialized and the streaming mode, in every rerun, and
-different from epoch to epoch; every train id appears exactly once per epoch.
+different from epoch to epoch; every train id appears exactly once per epoch (but those
+held out as validation, below, which never appear).
+
+Validation. :meth:`DataPipeline.val_batches` gives the validation pairs in a fixed order,
+contaminated exactly like the trial's training pairs (same eps, type, seed and per-id rule of
+:mod:`cryotune.data.contamination`): a user with real data cannot clean a validation set
+either. :meth:`DataPipeline.test_batches` is never contaminated. A store written before the
+validation split existed (or with ``--val-fraction 0``) still serves studies: the pipeline holds
+out the training pairs whose id hash falls below ``holdout`` (:data:`VAL_HOLDOUT`, 10%;
+:func:`~cryotune.data.contamination.holdout_mask`) as its validation split and leaves them out of
+every training epoch. That keeps old stores useful without re-simulating or re-ingesting them,
+and is chosen over refusing them because the held-out set is as reproducible as a stored one
+(a function of the ids alone, the same for every trial and seed); it never falls back to the
+test split, which selection must not read.
 
 Example::
 
@@ -41,25 +54,20 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryotune._ray import QUIET_ENV
+import mrcfile
+import numpy as np
+import pyarrow.parquet as pq
+import ray
+import ray.data
+from ray.data.block import BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
-# Ray Data reads some of these (RAY_DATA_USE_DATASOURCE_V2) when it is first imported.
-for _key, _value in QUIET_ENV.items():
-    os.environ.setdefault(_key, _value)
-
-import mrcfile  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import ray  # noqa: E402
-import ray.data  # noqa: E402
-from ray.data.block import BlockAccessor, BlockMetadata  # noqa: E402
-from ray.data.datasource import Datasource, ReadTask  # noqa: E402
-
-from cryotune.data.contamination import check, contaminate  # noqa: E402
-from cryotune.data.prefetch import PREFETCH_BATCHES, EpochPrefetcher  # noqa: E402
-from cryotune.data.shards import MrcShard, empty_columns, numpy_to_table, table_to_numpy  # noqa: E402
-from cryotune.data.store import open_dataset  # noqa: E402
-from cryotune.errors import BadInput  # noqa: E402
+from cryotune._ray import init_ray
+from cryotune.data.contamination import check, contaminate, holdout_mask
+from cryotune.data.prefetch import PREFETCH_BATCHES, EpochPrefetcher
+from cryotune.data.shards import MrcShard, empty_columns, numpy_to_table, table_to_numpy
+from cryotune.data.store import open_dataset
+from cryotune.errors import BadInput
 
 if TYPE_CHECKING:  # torch loads only where batches become tensors, not in Ray Data's workers
     import torch
@@ -71,8 +79,10 @@ __all__ = ["DataPipeline", "MrcPairDatasource"]
 TRAIN_COLUMNS = ("id", "noisy", "clean")
 # Rows of the seeded shuffle buffer that mixes neighbouring blocks (Ray's local shuffle).
 SHUFFLE_BUFFER_ROWS = 1024
-# Materialize when both splits take at most this share of the object store.
+# Materialize when the splits take at most this share of the object store.
 OBJECT_STORE_SHARE = 0.5
+# Share of the training pairs held out as validation from a store without a validation split.
+VAL_HOLDOUT = 0.1
 
 
 class MrcPairDatasource(Datasource):
@@ -128,12 +138,15 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _shuffle_and_contaminate(batch: dict, *, epoch_seed: int, eps: float, kind: str, seed: int,
-                             stats: dict) -> dict:
-    """One block: permute its rows (seeded by the epoch and its first id), then contaminate."""
+                             stats: dict, holdout: float = 0.0) -> dict:
+    """One block: permute its rows (seeded by the epoch and its first id), leave out the rows
+    held out as validation, then contaminate."""
     ids = batch["id"]
     if len(ids) == 0:
         return batch
     order = np.random.default_rng([epoch_seed, int(ids[0]) % 2**64]).permutation(len(ids))
+    if holdout > 0:
+        order = order[~holdout_mask(ids[order], holdout)]
     noisy, clean, _ = contaminate(batch["noisy"][order], batch["clean"][order], ids[order],
                                   eps=eps, kind=kind, seed=seed, stats=stats)
     return {"id": ids[order], "noisy": noisy, "clean": clean}
@@ -177,14 +190,21 @@ def _rebatch(blocks: Iterable[dict[str, np.ndarray]], size: int) -> Iterator[dic
 
 
 class DataPipeline:
-    """The train and test streams of one dataset store; picklable, for Ray Tune trials.
+    """The train, validation and test streams of one dataset store; picklable, for Ray Tune trials.
 
     Build it with :meth:`from_store`. It holds the store's manifest, the shard lists and, when
     materialized, the ``ray.data`` datasets whose blocks live in the object store.
+
+    Attributes:
+        holdout: the share of training pairs held out as validation (0 when the store has a
+            validation split of its own).
+        test_noisy_mse: mean over test images of the noisy input's per-image MSE against the
+            clean one (None without test images): a denoiser worse than this made things worse.
     """
 
     def __init__(self, path: Path, manifest: dict, fmt: str, shards: dict[str, list],
-                 materialized: dict[str, ray.data.Dataset] | None):
+                 materialized: dict[str, ray.data.Dataset] | None, *, holdout: float = 0.0,
+                 test_noisy_mse: float | None = None):
         self.path = path
         self.manifest = manifest
         self.fmt = fmt
@@ -192,6 +212,13 @@ class DataPipeline:
         self.stats: dict = dict(manifest["stats"])
         self._shards = shards
         self._materialized = materialized
+        self.holdout = float(holdout)
+        self.test_noisy_mse = test_noisy_mse
+
+    @property
+    def simulated(self) -> bool:
+        """Whether the store was simulated: its clean references are the truth (oracle scores)."""
+        return self.manifest.get("kind") == "simulated"
 
     @property
     def materialized(self) -> bool:
@@ -199,8 +226,8 @@ class DataPipeline:
         return self._materialized is not None
 
     @classmethod
-    def from_store(cls, path: str | Path, *, fmt: str = "auto", materialize: bool | None = None
-                   ) -> DataPipeline:
+    def from_store(cls, path: str | Path, *, fmt: str = "auto", materialize: bool | None = None,
+                   holdout: float = VAL_HOLDOUT) -> DataPipeline:
         """Open a store, verify its checksums and (when it fits) load it into the object store.
 
         Args:
@@ -208,24 +235,42 @@ class DataPipeline:
             fmt: "parquet", "mrc" or "auto" (Parquet when the store has it).
             materialize: keep the splits in the object store; None decides by size (at most
                 half of the object store).
+            holdout: when the store has no validation pairs, the share of training pairs held
+                out as validation (by id hash, left out of training); 0 holds out none, and
+                :meth:`val_batches` then refuses.
 
         Returns:
             The pipeline.
         """
-        from cryotune._ray import init_ray
-
         dataset = open_dataset(path, verify=True)
         if fmt == "auto":
             fmt = "parquet" if "parquet" in dataset.formats else "mrc"
         if fmt not in dataset.formats:
             raise BadInput(f"format {fmt!r} is not in this dataset ({', '.join(dataset.formats)})",
                            str(dataset.path), f"use --format {' or '.join(dataset.formats)} or auto")
+        if not 0.0 <= holdout < 1.0:
+            raise BadInput(f"validation hold-out {holdout} is outside [0, 1)", str(dataset.path),
+                           "pass a share of the training pairs such as 0.1")
+        if dataset.count("val"):
+            holdout = 0.0
+        elif holdout > 0:
+            n_train = dataset.count("train")
+            held = int(holdout_mask(dataset.read("train", ["id"])["id"], holdout).sum())
+            if 0 < held < n_train:
+                log.warning("dataset %s has no validation pairs: holding out %d of its %d "
+                            "training pairs (%.0f%%, by id) as validation", dataset.path, held,
+                            n_train, 100 * holdout)
+            else:  # too few pairs to split: train on all, and val_batches says there is none
+                log.warning("dataset %s has no validation pairs and too few training pairs (%d) "
+                            "to hold some out", dataset.path, n_train)
+                holdout = 0.0
         init_ray()
-        shards = {split: dataset.shard_files(split, fmt) for split in ("train", "test")}
-        pipe = cls(dataset.path.absolute(), dataset.manifest, fmt, shards, None)
+        shards = {split: dataset.shard_files(split, fmt) for split in ("train", "val", "test")}
+        pipe = cls(dataset.path.absolute(), dataset.manifest, fmt, shards, None, holdout=holdout,
+                   test_noisy_mse=_noisy_mse(dataset, "test"))
         if materialize is None:
             h, w = pipe.image_shape
-            need = (dataset.count("train") + dataset.count("test")) * (8 * h * w + 64)
+            need = (dataset.count("train") + dataset.count("val") + dataset.count("test")) * (8 * h * w + 64)
             store = ray.cluster_resources().get("object_store_memory", 0)
             materialize = need <= OBJECT_STORE_SHARE * store
             log.info("dataset needs %.1f MB, object store %.1f MB: %s", need / 1e6, store / 1e6,
@@ -237,6 +282,9 @@ class DataPipeline:
             if shards["test"]:
                 pipe._materialized["test"] = pipe._read("test", pipe._test_columns(),
                                                         range(len(shards["test"]))).materialize()
+            if shards["val"]:
+                pipe._materialized["val"] = pipe._read("val", TRAIN_COLUMNS,
+                                                       range(len(shards["val"]))).materialize()
         return pipe
 
     def _test_columns(self) -> tuple[str, ...]:
@@ -250,7 +298,7 @@ class DataPipeline:
             raise BadInput(f"the {split} split is empty", str(self.path), "re-create the dataset with a non-empty split")
         if self.fmt == "parquet":
             # Honour RAY_DATA_USE_DATASOURCE_V2 (0 from QUIET_ENV) even when Ray Data was
-            # imported before this module set it.
+            # imported before init_ray() set it.
             ray.data.DataContext.get_current().use_datasource_v2 = (
                 os.environ.get("RAY_DATA_USE_DATASOURCE_V2", "0") != "0")
             ds = ray.data.read_parquet([str(p) for p in shards], columns=list(columns),
@@ -307,7 +355,8 @@ class DataPipeline:
         epoch_seed = _epoch_seed(seed, epoch)
         ds = self._train_epoch(epoch_seed).map_batches(
             _shuffle_and_contaminate, batch_format="numpy", batch_size=None,
-            fn_kwargs=dict(epoch_seed=epoch_seed, eps=float(eps), kind=kind, seed=seed, stats=self.stats))
+            fn_kwargs=dict(epoch_seed=epoch_seed, eps=float(eps), kind=kind, seed=seed, stats=self.stats,
+                           holdout=self.holdout))
         yield from ds.iter_batches(batch_size=batch_size, batch_format="numpy",
                                    local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS,
                                    local_shuffle_seed=epoch_seed)
@@ -361,3 +410,80 @@ class DataPipeline:
             return empty_columns(self._test_columns(), self.image_shape)
         parts = list(test.iter_batches(batch_size=None, batch_format="numpy"))
         return {c: np.concatenate([_stack(p[c]) for p in parts]) for c in self._test_columns()}
+
+    def _val_blocks(self) -> Iterator[dict[str, np.ndarray]]:
+        """The validation pairs (id, noisy, clean) in their fixed order, block by block: the
+        store's val split, or the held-out training pairs in stored order."""
+        if self._shards["val"]:
+            split = "val"
+        elif self.holdout > 0:
+            split = "train"
+        else:
+            raise BadInput("the dataset has no validation pairs", str(self.path),
+                           "re-create it with --val-fraction 0.1, or open it with a hold-out share")
+        if self._materialized is not None:
+            blocks = _stored_blocks(self._materialized[split], TRAIN_COLUMNS)
+        else:
+            blocks = self._read(split, TRAIN_COLUMNS, range(len(self._shards[split]))).iter_batches(
+                batch_size=None, batch_format="numpy")
+        for block in blocks:
+            if split == "train":
+                keep = holdout_mask(block["id"], self.holdout)
+                block = {c: v[keep] for c, v in block.items()}
+            yield block
+
+    def val_arrays(self, *, batch_size: int, eps: float = 0.0, kind: str = "none",
+                   seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """As :meth:`val_batches`, as numpy dicts with the ids (id, noisy, clean)."""
+        check(eps, kind)
+        for batch in _rebatch(self._val_blocks(), batch_size):
+            noisy, clean, _ = contaminate(batch["noisy"], batch["clean"], batch["id"], eps=float(eps),
+                                          kind=kind, seed=seed, stats=self.stats)
+            yield {"id": batch["id"], "noisy": noisy, "clean": clean}
+
+    def val_batches(self, *, batch_size: int, eps: float = 0.0, kind: str = "none",
+                    seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The validation pairs in a fixed order, contaminated exactly like the trial's
+        training pairs.
+
+        A validation id is contaminated iff a training pair with that id would be (the same
+        eps, type, seed and train-split statistics, :func:`~cryotune.data.contamination.contaminate`),
+        so the validation split of a trial is as dirty as its training data, the same in every
+        epoch. Materialized splits are read from the object store without a Ray Data execution.
+
+        Args:
+            batch_size: images per batch (the last may be smaller).
+            eps, kind, seed: the trial's contamination rate, type and seed.
+
+        Yields:
+            (noisy, clean) float32 tensors N x 1 x H x W.
+
+        Raises:
+            BadInput: the store has no validation pairs and none are held out (``holdout=0``).
+        """
+        for batch in self.val_arrays(batch_size=batch_size, eps=eps, kind=kind, seed=seed):
+            yield _torch(batch["noisy"]), _torch(batch["clean"])
+
+    def oracle_val_batches(self, *, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The validation pairs never contaminated, for the oracle score of simulated stores.
+
+        Only a simulation knows its clean references; the oracle exists to measure how much the
+        robust selection score (on contaminated validation pairs) loses against it.
+
+        Raises:
+            BadInput: the store is not simulated.
+        """
+        if not self.simulated:
+            raise BadInput("the oracle validation score needs a simulated dataset", str(self.path),
+                           "select on the contaminated validation pairs (val_mse_median)")
+        return self.val_batches(batch_size=batch_size)
+
+
+def _noisy_mse(dataset, split: str) -> float | None:
+    """Mean over ``split``'s images of the per-image MSE of the noisy image against the clean one."""
+    total, n = 0.0, 0
+    for chunk in dataset.iter_chunks(split, 1024, ["noisy", "clean"]):
+        diff = chunk["noisy"].astype(np.float64) - chunk["clean"]
+        total += float(np.square(diff).reshape(len(diff), -1).mean(axis=1).sum())
+        n += len(diff)
+    return total / n if n else None

@@ -24,7 +24,7 @@ __all__ = ["COLUMNS", "FORMATS", "META", "SCHEMA_VERSION", "SPLITS", "MrcShard",
            "empty_columns", "numpy_to_table", "sha256", "table_to_numpy", "write_mrcs", "write_parquet"]
 
 SCHEMA_VERSION = 1
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # stores written before the val split have train and test only
 FORMATS = ("parquet", "mrc")
 # Per-row metadata columns: name -> (dtype, values per row or None for a scalar).
 META = {"id": (np.int64, None), "conformation": (np.int32, None), "rotation": (np.float32, 4),

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryotune.data.ctf import apply_ctf, ctf_2d, electron_wavelength
 from cryotune.data.geometry import quaternion_to_matrix, random_quaternions
 from cryotune.data.molecules import (
     Atoms,
@@ -174,66 +175,6 @@ class CTFParams:
                 "defocus_max_A": self.defocus_max, "convention": "RELION", "applied_to": "clean"}
 
 
-def electron_wavelength(voltage_kv: float) -> float:
-    """Relativistic electron wavelength in Angstrom (RELION's formula): 0.01969 A at 300 kV."""
-    volts = voltage_kv * 1e3
-    return 12.2643247 / math.sqrt(volts * (1.0 + volts * 0.978466e-6))
-
-
-def ctf_2d(shape: tuple[int, int], defocus, pixel_size: float, voltage_kv: float = 300.0,
-           cs_mm: float = 2.7, amplitude_contrast: float = 0.1, *, half: bool = False
-           ) -> np.ndarray:
-    """The weak-phase CTF on the unshifted FFT grid, following RELION's ``CTF::getCTF``.
-
-    ``ctf(k) = -sin(chi)``, ``chi = pi lambda dz k^2 + pi/2 Cs lambda^3 k^4 - asin(Q0)`` with
-    ``dz = -(u + v)/2 - (u - v)/2 cos(2 (atan2(ky, kx) - angle))``: underfocus is positive,
-    ``ctf(0) = Q0`` (amplitude contrast) and low frequencies keep their sign, as in RELION
-    (no B-factor, no phase plate). ``kx`` runs along image x (columns), in 1/Angstrom.
-
-    Args:
-        shape: (H, W) of the images.
-        defocus: (n,) defocus in Angstrom (no astigmatism) or (n, 3) rows
-            (defocus_u, defocus_v, astigmatism angle in degrees), RELION's rlnDefocusU/V/Angle.
-        pixel_size: Angstrom per pixel.
-        voltage_kv, cs_mm, amplitude_contrast: the microscope (kV, mm, fraction).
-        half: the ``rfft2`` half grid (W // 2 + 1 columns) instead of the full one.
-
-    Returns:
-        float64 array (n, H, W) or (n, H, W // 2 + 1).
-    """
-    d = np.asarray(defocus, dtype=np.float64)
-    d = np.stack([d, d, np.zeros_like(d)], -1) if d.ndim <= 1 else d
-    u, v, angle = (d.reshape(-1, 3)[:, i, None, None] for i in range(3))
-    h, w = shape
-    ky = np.fft.fftfreq(h, d=pixel_size)[:, None]
-    kx = (np.fft.rfftfreq if half else np.fft.fftfreq)(w, d=pixel_size)[None, :]
-    k2 = kx * kx + ky * ky
-    dz = -0.5 * (u + v) - 0.5 * (u - v) * np.cos(2.0 * (np.arctan2(ky, kx) - np.deg2rad(angle)))
-    lam = electron_wavelength(voltage_kv)
-    chi = (math.pi * lam * dz * k2 + 0.5 * math.pi * cs_mm * 1e7 * lam**3 * k2 * k2
-           - math.asin(amplitude_contrast))
-    return -np.sin(chi)
-
-
-def apply_ctf(images: np.ndarray, defocus, pixel_size: float, voltage_kv: float = 300.0,
-              cs_mm: float = 2.7, amplitude_contrast: float = 0.1) -> np.ndarray:
-    """Multiply each image's Fourier transform by its CTF (:func:`ctf_2d`), in the box.
-
-    Args:
-        images: (n, H, W) real images.
-        defocus: (n,) or (n, 3) as in :func:`ctf_2d`.
-        pixel_size, voltage_kv, cs_mm, amplitude_contrast: as in :func:`ctf_2d`.
-
-    Returns:
-        float32 array (n, H, W).
-    """
-    images = np.asarray(images)
-    shape = images.shape[-2:]
-    spectrum = np.fft.rfft2(images) * ctf_2d(shape, defocus, pixel_size, voltage_kv, cs_mm,
-                                             amplitude_contrast, half=True)
-    return np.fft.irfft2(spectrum, s=shape).astype(np.float32)
-
-
 def _sums(images: np.ndarray) -> np.ndarray:
     """(sum, sum of squares) in float64, reduced per image in float32 (no float64 copy)."""
     flat = images.reshape(len(images), -1)
@@ -317,12 +258,13 @@ def simulate(out: str | Path, *, size: int = 32, pixel_size: float | None = None
              pdb: Sequence[str | Path] | None = None, ca_only: bool = False,
              ctf: CTFParams | None = None, seed: int = 0, formats: Sequence[str] = ("parquet",),
              shard_rows: int = 1024, overwrite: bool = False, name: str | None = None,
-             command: str | None = None, progress: Progress | None = None) -> Path:
+             command: str | None = None, progress: Progress | None = None,
+             val_fraction: float = 0.1) -> Path:
     """Simulate a dataset store of clean/noisy image pairs with known poses and conformations.
 
     Views are uniform on SO(3), conformations uniform over the K molecules, images centred.
     Clean images (with the CTF when ``ctf`` is given) are normalised to [0, 1] by the min and
-    max over all of them (train and test); the noise is Gaussian with variance
+    max over all of them (train, validation and test); the noise is Gaussian with variance
     var(clean stack) / ``snr`` and the noisy images go through the same affine map. Views,
     conformations, noise and defocus draw from independent streams spawned from ``seed``.
     Two passes (statistics, then writing) keep memory bounded by a chunk; the clean images are
@@ -333,7 +275,11 @@ def simulate(out: str | Path, *, size: int = 32, pixel_size: float | None = None
         out: the dataset folder to create.
         size: image side in pixels (>= 16).
         pixel_size: Angstrom per pixel; None fits every conformation in the box (15% margin).
-        n_train, n_test: images per split (ids 0..n_train-1 are train, the rest test).
+        n_train, n_test: images per split (ids 0..n_train-1 are train, the next n_test test).
+        val_fraction: validation pairs as a fraction of ``n_train``, made in addition to them
+            (ids after the test ids, so the train and test ids are those of a store without
+            validation); 0 makes none (a study then holds out part of the
+            training pairs, :mod:`cryotune.data.pipeline`).
         snr: target var(clean) / var(noise), real space, whole box.
         conformations: K for the built-in model (default 5); with ``pdb``, None or len(pdb).
         pdb: one PDB file per conformation instead of the built-in model.
@@ -355,6 +301,10 @@ def simulate(out: str | Path, *, size: int = 32, pixel_size: float | None = None
     """
     out = Path(out)
     _check(size, pixel_size, n_train, n_test, snr, ctf, shard_rows)
+    if not (math.isfinite(val_fraction) and 0.0 <= val_fraction <= 1.0):
+        raise BadInput(f"validation fraction {val_fraction} is outside [0, 1]", "--val-fraction",
+                       "pass e.g. 0.1 (of the training pairs), or 0 for none")
+    n_val = int(round(n_train * val_fraction))
     if out.exists() and not overwrite:
         raise BadInput("output already exists", str(out), "choose another path or pass --overwrite")
     confs, generator = _molecule(conformations, pdb, ca_only)
@@ -364,7 +314,7 @@ def simulate(out: str | Path, *, size: int = 32, pixel_size: float | None = None
     elif pixel_size * size < 2.0 * max(a.radius() for a in confs):
         log.warning("the molecule is wider than the %.0f A box: some views are cut off",
                     pixel_size * size)
-    n = n_train + n_test
+    n = n_train + n_test + n_val
     views, picks, noises, defoci = (np.random.default_rng(s)
                                     for s in np.random.SeedSequence(seed).spawn(4))
     rotations = random_quaternions(n, views).astype(np.float32)  # the stored poses made the images
@@ -406,7 +356,9 @@ def simulate(out: str | Path, *, size: int = 32, pixel_size: float | None = None
                 images -= np.float32(lo)
                 images *= np.float32(scale)
             ids = np.arange(start, stop)
-            for split, rows in (("train", ids < n_train), ("test", ids >= n_train)):
+            for split, rows in (("train", ids < n_train),
+                                ("test", (ids >= n_train) & (ids < n_train + n_test)),
+                                ("val", ids >= n_train + n_test)):
                 if rows.any():
                     writer.add(split, id=ids[rows], clean=clean[rows], noisy=noisy[rows],
                                conformation=labels[ids[rows]], rotation=rotations[ids[rows]],
@@ -418,7 +370,8 @@ def simulate(out: str | Path, *, size: int = 32, pixel_size: float | None = None
         for k, atoms in enumerate(confs):
             writer.add_file(f"truth/conformation-{k:02d}.npz", atoms.to_npz())
         generator.update({
-            "seed": seed, "n_train": n_train, "n_test": n_test, "size": size,
+            "seed": seed, "n_train": n_train, "n_test": n_test, "n_val": n_val,
+            "val_fraction": val_fraction, "size": size,
             "pixel_size": pixel_size, "pixel_size_fitted": fitted, "atoms": [len(a) for a in confs],
             "views": "uniform SO(3)", "conformation_draw": "uniform",
             "projection": "exact pixel-integrated Gaussians (render_volume(...).sum(0))",

@@ -26,7 +26,9 @@ Parsing uses the ``starfile`` package; this module makes the dialects look alike
   ``shifts_px`` holds ``(originX, originY)`` in pixels, with that sign, unchanged.
 - **CTF.** ``rlnDefocusU``, ``rlnDefocusV`` (Angstrom) and ``rlnDefocusAngle`` (degrees) per
   particle; ``rlnVoltage`` (kV), ``rlnSphericalAberration`` (mm) and ``rlnAmplitudeContrast``
-  per optics group or per particle. ``ctf`` is set only when those three agree for every particle.
+  per optics group or per particle. ``ctf`` is set only when those three agree for every particle;
+  ``ctf_rows`` keeps every particle's own values (with ``rlnPhaseShift``, 0 when absent) as a
+  :class:`~cryotune.data.ctf.CTF`, for projecting references per optics group.
 
 Example::
 
@@ -50,7 +52,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,8 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from cryotune._io import atomic_write
+from cryotune.data.ctf import CTF
 from cryotune.data.geometry import matrix_to_quaternion, relion_euler_to_matrix
 from cryotune.data.mrc import open_stack
 from cryotune.errors import BadInput
@@ -91,6 +94,8 @@ class ParticleTable:
         shifts_px: (n, 2) RELION origin (x, y) in pixels, or None (sign: module docstring).
         defocus: (n, 3) defocus U, V (Angstrom) and astigmatism angle (degrees), or None.
         ctf: ``{"voltage_kv", "cs_mm", "amplitude_contrast"}`` when uniform, else None.
+        ctf_rows: every particle's CTF (defocus U/V/angle, its optics group's voltage, Cs and
+            amplitude contrast, ``rlnPhaseShift`` or 0) when the file has all of them, else None.
     """
 
     path: Path
@@ -106,6 +111,7 @@ class ParticleTable:
     defocus: np.ndarray | None = None
     ctf: dict | None = None
     version_tag: str = field(default="30001", repr=False)
+    ctf_rows: CTF | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -322,6 +328,20 @@ def _ctf(reader: _Reader) -> tuple[np.ndarray | None, dict | None]:
     return defocus, params
 
 
+def _ctf_rows(reader: _Reader, defocus: np.ndarray | None) -> CTF | None:
+    """Each particle's full CTF, values from its own columns or its optics group's."""
+    if defocus is None:
+        return None
+    cols = [reader.column(c) for c in ("rlnVoltage", "rlnSphericalAberration",
+                                       "rlnAmplitudeContrast")]
+    if any(c is None for c in cols):
+        return None
+    phase = reader.column("rlnPhaseShift")
+    return CTF.from_arrays(defocus_u=defocus[:, 0], defocus_v=defocus[:, 1], angle=defocus[:, 2],
+                           voltage_kv=cols[0], cs_mm=cols[1], amplitude_contrast=cols[2],
+                           phase_shift=0.0 if phase is None else phase)
+
+
 def read_particles(star_path: str | Path, *, pixel_size: float | None = None) -> ParticleTable:
     """Read a RELION particle STAR file (3.0 to 5) and resolve its image stacks.
 
@@ -363,7 +383,7 @@ def read_particles(star_path: str | Path, *, pixel_size: float | None = None) ->
         version="3.0" if optics is None else "3.1",
         stacks=stacks, stack_ids=stack_ids, indices=indices, pixel_sizes=sizes, poses=poses,
         shifts_px=_shifts(reader, sizes, pixel_size), defocus=defocus, ctf=ctf,
-        version_tag=match.group(1) if match else "30001",
+        version_tag=match.group(1) if match else "30001", ctf_rows=_ctf_rows(reader, defocus),
     )
 
 
@@ -403,10 +423,5 @@ def write_particles(star_path: str | Path, table: ParticleTable, image_names: li
     if table.version != "3.0":  # RELION 3.1+ writes its version before each block
         text = re.sub(r"^data_", f"# version {table.version_tag}\n\ndata_", text, flags=re.M)
     path = Path(star_path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, text)
     return path

@@ -1,4 +1,10 @@
-"""The dataset store: a folder of ``manifest.json`` plus ``train/`` and ``test/`` shards.
+"""The dataset store: a folder of ``manifest.json`` plus ``train/``, ``val/`` and ``test/`` shards.
+
+The validation split (``val``) holds pairs like the training ones, which a study contaminates
+exactly as it contaminates training pairs and selects on; the test split is only reported.
+Stores written before the validation split existed have ``train`` and ``test`` only: they open
+as before, with an empty ``val`` split, and say so once (the pipeline then holds out a
+validation split from the training pairs, :mod:`cryotune.data.pipeline`).
 
 A store holds pairs of clean references and noisy images (float32, H x W) with their
 metadata, as Parquet shards, MRC stack pairs, or both. :class:`DatasetWriter` builds one
@@ -47,6 +53,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Dataset", "DatasetWriter", "MrcShard", "open_dataset"]
 
+_NO_VAL_SAID: set[str] = set()  # stores without a val split already reported in this process
+
 _FIX_RECREATE = "re-create the dataset or restore the file"
 
 
@@ -62,7 +70,8 @@ class Dataset:
         self._verified: set[str] = set(self._all_files()) if verified else set()
 
     def __repr__(self) -> str:
-        return (f"Dataset({str(self.path)!r}, train={self.count('train')}, test={self.count('test')}, "
+        return (f"Dataset({str(self.path)!r}, train={self.count('train')}, val={self.count('val')}, "
+                f"test={self.count('test')}, "
                 f"shape={self.image_shape}, formats={self.formats})")
 
     def _all_files(self) -> dict[str, str]:
@@ -72,9 +81,17 @@ class Dataset:
                 files.update(shard["sha256"])
         return files
 
+    @property
+    def has_val_split(self) -> bool:
+        """Whether the store was written with a validation split (possibly empty:
+        ``--val-fraction 0``); False for stores written before the split existed."""
+        return "val" in self.manifest["splits"]
+
     def _split(self, split: str) -> dict:
         if split not in SPLITS:
-            raise BadInput(f"unknown split {split!r}", str(self.path), "use 'train' or 'test'")
+            raise BadInput(f"unknown split {split!r}", str(self.path), "use 'train', 'val' or 'test'")
+        if split == "val" and not self.has_val_split:
+            return {"count": 0, "shards": []}
         return self.manifest["splits"][split]
 
     def verify(self, relpaths: list[str] | None = None) -> None:
@@ -96,7 +113,7 @@ class Dataset:
             self._verified.add(rel)
 
     def count(self, split: str) -> int:
-        """Rows in ``split`` ("train" or "test")."""
+        """Rows in ``split`` ("train", "val" or "test"; 0 for "val" of an older store)."""
         return int(self._split(split)["count"])
 
     def stats(self) -> dict[str, float]:
@@ -154,7 +171,7 @@ class Dataset:
         """Rows ``start:stop`` of a split as numpy arrays.
 
         Args:
-            split: "train" or "test".
+            split: "train", "val" or "test".
             columns: any of id, clean, noisy, conformation, rotation, shift, defocus (default all).
             start, stop: row range (stop None: to the end).
             fmt: read from "parquet" or "mrc" (default: the first format of the dataset).
@@ -225,10 +242,14 @@ def open_dataset(path: str | Path, *, verify: bool = True) -> Dataset:
                        str(manifest_path), "re-create the dataset with this cryotune version")
     required = ("image_shape", "pixel_size", "formats", "stats", "splits")
     missing = [k for k in required if k not in manifest] + [
-        f"splits.{s}" for s in SPLITS if s not in manifest.get("splits", {})]
+        f"splits.{s}" for s in ("train", "test") if s not in manifest.get("splits", {})]
     if missing:
         raise BadInput(f"manifest lacks {missing[0]!r}", str(manifest_path), _FIX_RECREATE)
     dataset = Dataset(path, manifest, verified=False)
+    if not dataset.has_val_split and str(path.absolute()) not in _NO_VAL_SAID:
+        _NO_VAL_SAID.add(str(path.absolute()))
+        log.warning("dataset %s has no validation split (written before cryotune made one); "
+                    "studies hold one out of its training pairs", path)
     if verify:
         dataset.verify()
     return dataset

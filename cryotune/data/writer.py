@@ -18,13 +18,13 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cryotune import __version__
+from cryotune._temps import owned_name, remove_stale
+from cryotune._version import __version__
 from cryotune.data.shards import (
     FORMATS,
     META,
@@ -111,7 +111,9 @@ class DatasetWriter:
         self.pixel_size = float(pixel_size)
         self.formats, self.shard_rows, self.overwrite = formats, int(shard_rows), overwrite
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:12]}"
+        for kind_ in ("tmp", "old"):  # what a killed earlier run left
+            remove_stale(self.out.parent, f".{self.out.name}.{kind_}-")
+        self.tmp = self.out.parent / owned_name(f".{self.out.name}.tmp-")
         self.tmp.mkdir()
         self._buffers: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in SPLITS}
         self._buffered = {s: 0 for s in SPLITS}
@@ -142,8 +144,8 @@ class DatasetWriter:
         """Append rows to a split.
 
         Args:
-            split: "train" or "test".
-            id: int64 (N,), unique across the dataset.
+            split: "train", "val" or "test".
+            id: int64 (N,), unique across the dataset (across the splits).
             clean, noisy: float32 (N, H, W), already normalised by the caller.
             conformation: int (N,); -1 (the default) when unknown.
             rotation: float32 (N, 4) quaternions (w, x, y, z); NaN (the default) when unknown.
@@ -152,7 +154,7 @@ class DatasetWriter:
                 row of the dataset or for none.
         """
         if split not in SPLITS:
-            raise BadInput(f"unknown split {split!r}", "DatasetWriter.add", "use 'train' or 'test'")
+            raise BadInput(f"unknown split {split!r}", "DatasetWriter.add", "use 'train', 'val' or 'test'")
         ids = np.asarray(id, dtype=np.int64).reshape(-1)
         n = ids.size
         first_row = self._rows[split] + self._buffered[split]
@@ -198,9 +200,9 @@ class DatasetWriter:
     def add_file(self, relpath: str, data: bytes | Path) -> None:
         """Add an extra file (e.g. ``truth/conformation-00.npz``), checksummed in the manifest."""
         rel = Path(relpath)
-        if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] in (("train",), ("test",)):
+        if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] in tuple((s,) for s in SPLITS):
             raise BadInput(f"bad extra file path {relpath!r}", "DatasetWriter.add_file",
-                           "use a relative path outside train/ and test/, e.g. truth/x.npz")
+                           "use a relative path outside train/, val/ and test/, e.g. truth/x.npz")
         target = self.tmp / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(data, bytes):
@@ -274,7 +276,8 @@ class DatasetWriter:
             os.fsync(f.fileno())
         self._install()
         self._done = True
-        log.info("wrote dataset %s (%d train, %d test)", self.out, self._rows["train"], self._rows["test"])
+        log.info("wrote dataset %s (%d train, %d val, %d test)", self.out, self._rows["train"],
+                 self._rows["val"], self._rows["test"])
         return self.out
 
     def _install(self) -> None:
@@ -283,7 +286,7 @@ class DatasetWriter:
             return
         if not self.overwrite:
             raise BadInput("output appeared while writing", str(self.out), "choose another path")
-        old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:12]}"
+        old = self.out.parent / owned_name(f".{self.out.name}.old-")
         os.rename(self.out, old)
         try:
             os.rename(self.tmp, self.out)

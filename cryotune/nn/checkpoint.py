@@ -23,7 +23,7 @@ Example::
 
 from __future__ import annotations
 
-import os
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cryotune._io import atomic_write
+from cryotune._version import __version__
 from cryotune.errors import BadInput
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "read_checkpoint", "rng_state", "set_rng_state",
@@ -87,21 +89,13 @@ def write_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     Returns:
         The path written.
     """
-    from cryotune import __version__
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     stamped = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "cryotune_version": __version__, **payload}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(stamped, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    torch.save(stamped, buf)
+    atomic_write(path, buf.getvalue(), fsync=True)
     return path
 
 

@@ -46,10 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cryotune import vocab
 from cryotune.errors import BadConfig
 
 __all__ = [
-    "METHODS",
     "BetaScore",
     "ScoringRule",
     "WassersteinScore",
@@ -57,8 +57,6 @@ __all__ = [
     "gradient_penalty",
     "make_rule",
 ]
-
-METHODS = ("l2_ae", "l1_ae", "beta_gan", "js_gan", "wgan", "wgan_gp")
 
 # Gauss-Legendre order on [0, u] per dtype, for |u| <= _EDGE: relative quadrature error 4e-9
 # with 32 nodes, below float32's own rounding; 1e-13 with 48 nodes.
@@ -174,7 +172,7 @@ def make_rule(method: str, alpha: float = 0.0, beta: float = 0.0) -> ScoringRule
     """The scoring rule of a training method.
 
     Args:
-        method: one of :data:`METHODS`.
+        method: a name of :data:`cryotune.vocab.METHODS`.
         alpha: used by ``beta_gan`` only, in [-1, 1].
         beta: used by ``beta_gan`` only, in [-1, 1].
 
@@ -186,15 +184,15 @@ def make_rule(method: str, alpha: float = 0.0, beta: float = 0.0) -> ScoringRule
     Raises:
         BadConfig: for an unknown method, or alpha or beta outside [-1, 1].
     """
-    if method in ("l2_ae", "l1_ae"):
-        return None
-    if method == "beta_gan":
-        return BetaScore(alpha, beta)
-    if method == "js_gan":
-        return BetaScore(0.0, 0.0)
-    if method in ("wgan", "wgan_gp"):
+    known = vocab.METHODS.get(method)
+    if known is None:
+        raise BadConfig(f"unknown method {method!r}", "method",
+                        f"use one of {', '.join(vocab.METHOD_NAMES)}")
+    if known.rule == "beta":
+        return BetaScore(*(known.pair or (alpha, beta)))
+    if known.rule == "wasserstein":
         return WassersteinScore()
-    raise BadConfig(f"unknown method {method!r}", "method", f"use one of {', '.join(METHODS)}")
+    return None
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, mu: float = 10.0, *,

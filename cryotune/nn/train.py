@@ -4,9 +4,11 @@ For each minibatch of (noisy y, clean x) pairs::
 
     k_d times: the discriminator ascends  mean S(D(x), 1) + mean S(D(G(y)), 0)
                (minus mu * gradient penalty for wgan_gp; weights clipped to [-c, c] for wgan)
-    k_g times: the generator descends     mean S(D(G(y)), 0) + lambda * mean |G(y) - x|^p
+    k_g times: the generator descends     mean S(D(G(y)), 0) + lambda * R(|G(y) - x|^p)
 
-The autoencoders ``l1_ae``/``l2_ae`` have no discriminator and descend mean |G(y) - x|^p. The
+R is ``config.reduction``: ``sum`` (the paper's) sums over the pixels and averages over the
+batch, ``mean`` averages over both (H*W times weaker). The autoencoders ``l1_ae``/``l2_ae``
+have no discriminator and descend mean |G(y) - x|^p whatever the reduction. The
 paper's line 5 writes the penalty with a plus sign inside the ascent step; like WGAN-GP
 (Gulrajani et al. 2017) we penalise, i.e. the critic ascends score - penalty. G(y) for the k_d
 discriminator steps is computed once per minibatch: theta does not change during them.
@@ -17,10 +19,19 @@ reads them back once per epoch. There is no Ray here: :func:`train` is a plain l
 trainable or the ``cryotune train`` command wraps.
 
 Reported per epoch: ``d_loss`` (the critic's minimised objective: -(score) + penalty),
-``g_adv`` (mean S(D(G(y)), 0)), ``g_rec`` (mean |G(y) - x|^p, without lambda), ``train_mse``,
+``g_adv`` (mean S(D(G(y)), 0)), ``g_rec`` (mean |G(y) - x|^p per pixel, without lambda, whatever
+the reduction, so histories of both conventions compare on one scale), ``train_mse``,
 ``epoch_s``, ``images_per_s``; the autoencoders report 0 for ``d_loss`` and ``g_adv``.
-:meth:`Trainer.evaluate` adds ``test_mse``, ``test_psnr``, ``test_ssim`` and their ``_std``
-over test images (data range 1, SSIM as scikit-image defines it).
+:meth:`Trainer.evaluate` scores any split under a prefix: ``test_mse``, ``test_psnr``,
+``test_ssim``, their ``_std`` over images, ``test_mse_median`` (the median of per-image MSE) and
+``test_images`` (data range 1, SSIM as scikit-image defines it); ``val_*`` the same on the
+validation pairs, contaminated like the training pairs, and ``oracle_val_*`` on the clean
+validation pairs of a simulation.
+
+Selection. :func:`train` keeps the epoch with the best validation score (:class:`BestEpoch`,
+by default the lowest ``val_mse_median``) and its checkpoint ``best.pt`` beside
+``checkpoint.pt``; every record then carries ``best_epoch``, ``select_score`` and the test
+metrics of that epoch (``test_mse_at_best``, ...). The test split is never selected on.
 
 Example::
 
@@ -32,8 +43,8 @@ Example::
     y = x + 0.3 * torch.randn_like(x)
     pairs = list(zip(y.split(20), x.split(20)))
     history = train(TrainConfig(method="l2_ae", width=8, epochs=2), lambda epoch: pairs,
-                    lambda: pairs)
-    print(history[-1]["test_mse"])
+                    lambda: pairs, val_batches=lambda: pairs[:1])
+    print(history[-1]["test_mse"], history[-1]["best_epoch"], history[-1]["test_mse_at_best"])
 """
 
 from __future__ import annotations
@@ -52,18 +63,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cryotune.config import TrainConfig, from_dict, to_dict
+from cryotune.config import LEGACY_REDUCTION, TrainConfig, from_dict, to_dict
 from cryotune.errors import BadConfig, BadInput, Diverged
 from cryotune.nn import metrics
 from cryotune.nn.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from cryotune.nn.models import build_models
 from cryotune.nn.scoring import clip_weights, gradient_penalty, make_rule
 
-__all__ = ["CHECKPOINT_NAME", "RUNTIME_FIELDS", "Trainer", "resolve_device", "train"]
+__all__ = ["BEST_NAME", "CHECKPOINT_NAME", "RUNTIME_FIELDS", "SELECT_METRIC", "SELECT_MODE",
+           "BestEpoch", "Trainer", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
+BEST_NAME = "best.pt"  # the checkpoint of the best validation epoch, beside the last one
+# The default selection score: the median over validation images of the per-image MSE.
+# Validation pairs are contaminated like the training pairs, so a share eps of their references
+# (type A, C) or inputs (type B, C) are noise images: their MSE is large whatever the model does,
+# and varies from model to model with how it treats noise. A mean lets those eps images
+# dominate the score; the median over images ignores them while eps < 1/2 and ranks models by
+# the clean majority, as a robust statistic of the same contaminated data the trial trains on.
+SELECT_METRIC = "val_mse_median"
+SELECT_MODE = "min"
+# the test metrics reported at the best validation epoch, as <key>_at_best
+AT_BEST_KEYS = ("test_mse", "test_psnr", "test_ssim")
 # Fields that say where and how fast a run goes, not what it computes: they may change on resume.
 RUNTIME_FIELDS = ("epochs", "checkpoint_every", "device", "bf16", "channels_last",
                   "num_threads", "gallery")
@@ -111,6 +134,9 @@ class Trainer:
                               if d is not None else None)
         self.rule = make_rule(config.method, config.alpha, config.beta)
         self.p = config.loss_p
+        # the l_p term's factor over its per-pixel mean: H*W for the paper's sum (1 channel)
+        self.rec_scale = (float(self.image_shape[0] * self.image_shape[1])
+                          if config.adversarial and config.reduction == "sum" else 1.0)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g)
         self.opt_d = (torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d)
                       if self.discriminator is not None else None)
@@ -145,7 +171,11 @@ class Trainer:
         return loss.detach()
 
     def _g_step(self, y: Tensor, x: Tensor) -> Tensor:
-        """One generator step; returns the detached (g_adv, g_rec, mse) of its forward pass."""
+        """One generator step; returns the detached (g_adv, g_rec, mse) of its forward pass.
+
+        ``g_rec`` is the per-pixel mean of |G(y) - x|^p under either reduction; the loss
+        weighs it by ``lambda * rec_scale`` (sum over pixels, mean over the batch under ``sum``).
+        """
         with self._autocast():
             out = self.generator(y)
             diff = out.float() - x
@@ -153,7 +183,7 @@ class Trainer:
             if self.discriminator is not None:
                 self.discriminator.requires_grad_(False)  # input gradients only
                 adv = self.rule.fake(self.discriminator(out).float()).mean()
-                loss = adv + self.config.lam * rec
+                loss = adv + (self.config.lam * self.rec_scale) * rec
             else:
                 adv = torch.zeros((), device=self.device)
                 loss = rec
@@ -211,14 +241,24 @@ class Trainer:
         return out
 
     @torch.inference_mode()
-    def evaluate(self, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
-        """Per-image MSE, PSNR and SSIM of G(noisy) against clean, averaged over ``batches``.
+    def evaluate(self, batches: Iterable[tuple[Tensor, Tensor]], prefix: str = "test"
+                 ) -> dict[str, float]:
+        """Per-image MSE, PSNR and SSIM of G(noisy) against clean, over ``batches``.
+
+        The same code scores every split; ``prefix`` names it (``test``, ``val``, ``oracle_val``).
+
+        Args:
+            batches: (noisy, clean) pairs in a fixed order.
+            prefix: the key prefix.
 
         Returns:
-            test_mse, test_psnr, test_ssim and their standard deviations over images
-            (``*_std``, population), plus test_images.
+            ``<prefix>_mse``, ``_psnr``, ``_ssim`` (means over images), their standard
+            deviations over images (``_mse_std``, ..., population), ``<prefix>_mse_median``
+            (the median of per-image MSE, numpy's convention: the mean of the two middle
+            values for an even count) and ``<prefix>_images``.
 
         Raises:
+            BadInput: when ``batches`` is empty.
             Diverged: when an output is NaN or inf.
         """
         self.generator.eval()
@@ -232,14 +272,15 @@ class Trainer:
                 [metrics.mse(out, x), metrics.psnr(out, x), metrics.ssim(out, x)], dim=1))
         self.generator.train()
         if not per_image:
-            raise BadInput("no test batches", "test split", "check the dataset's test split")
-        values = torch.cat(per_image)
-        mean, std = values.mean(0), values.std(0, correction=0)
-        stats = torch.cat([mean, std]).tolist()
-        out = dict(zip(TEST_KEYS, stats[:3], strict=True))
-        out.update({f"{k}_std": v for k, v in zip(TEST_KEYS, stats[3:], strict=True)})
-        out["test_images"] = int(values.shape[0])
-        self._check_finite(out, ("test_mse",), max(self.epoch - 1, 0), "test output")
+            raise BadInput(f"no {prefix} batches", f"{prefix} split",
+                           f"check the dataset's {prefix} split")
+        values = torch.cat(per_image).double().cpu().numpy()  # the one sync
+        keys = [f"{prefix}_{k}" for k in ("mse", "psnr", "ssim")]
+        out = dict(zip(keys, values.mean(0).tolist(), strict=True))
+        out.update({f"{k}_std": v for k, v in zip(keys, values.std(0).tolist(), strict=True)})
+        out[f"{prefix}_mse_median"] = float(np.median(values[:, 0]))
+        out[f"{prefix}_images"] = int(values.shape[0])
+        self._check_finite(out, (f"{prefix}_mse",), max(self.epoch - 1, 0), f"{prefix} output")
         return out
 
     def _check_shape(self, shape: tuple[int, int]) -> None:
@@ -311,7 +352,9 @@ class Trainer:
         """
         ckpt = read_checkpoint(path)
         try:
-            stored = from_dict(TrainConfig, ckpt["config"], "config")
+            # checkpoints written before the reduction key trained with the per-pixel mean
+            stored = from_dict(TrainConfig, {"reduction": LEGACY_REDUCTION, **ckpt["config"]},
+                               "config")
         except BadConfig as err:
             raise BadInput(f"checkpoint config is not valid here ({err.what})", str(path),
                            "rewrite it with this cryotune version") from None
@@ -332,6 +375,74 @@ class Trainer:
         return trainer
 
 
+class BestEpoch:
+    """The best epoch so far by a selection metric of the epoch records.
+
+    Selection reads validation only: a ``test_*`` metric is refused. Ties keep the earlier
+    epoch; a non-finite score never wins.
+
+    Args:
+        metric: the record key to select on (default :data:`SELECT_METRIC`).
+        mode: ``min`` or ``max``.
+
+    Raises:
+        BadConfig: an unknown mode or a test metric.
+
+    Example::
+
+        best = BestEpoch("val_mse_median", "min")
+        best.update({"epoch": 1, "val_mse_median": 0.2, "test_mse": 0.3})   # True
+        best.fields()["test_mse_at_best"]                                   # 0.3
+    """
+
+    def __init__(self, metric: str = SELECT_METRIC, mode: str = SELECT_MODE):
+        if mode not in ("min", "max"):
+            raise BadConfig(f"unknown selection mode {mode!r}", "select.mode", "use min or max")
+        if not isinstance(metric, str) or not metric or metric.startswith("test_"):
+            raise BadConfig(f"selection metric {metric!r} is not a validation metric",
+                            "select.metric", "select on validation, e.g. val_mse_median; the "
+                            "test split is only reported")
+        self.metric, self.mode = metric, mode
+        self.epoch: int | None = None
+        self.score: float | None = None
+        self.record: dict[str, Any] = {}
+
+    @classmethod
+    def from_history(cls, history: Iterable[dict[str, Any]], metric: str = SELECT_METRIC,
+                     mode: str = SELECT_MODE) -> BestEpoch:
+        """The best epoch of records already kept (a resumed run)."""
+        best = cls(metric, mode)
+        for record in history:
+            best.update(record)
+        return best
+
+    def update(self, record: dict[str, Any]) -> bool:
+        """Consider an epoch's record; True when it is the new best.
+
+        Raises:
+            BadConfig: the record lacks the metric.
+        """
+        if self.metric not in record:
+            known = sorted(k for k in record if not k.startswith("test_") and k != "epoch")
+            raise BadConfig(f"selection metric {self.metric!r} is not reported",
+                            "select.metric", f"use one of {', '.join(known)}")
+        value = float(record[self.metric])
+        if not np.isfinite(value):
+            return False
+        if self.score is not None and not (value < self.score if self.mode == "min"
+                                           else value > self.score):
+            return False
+        self.epoch, self.score, self.record = int(record["epoch"]), value, dict(record)
+        return True
+
+    def fields(self) -> dict[str, Any]:
+        """``best_epoch``, ``select_score`` and ``<test metric>_at_best`` (NaN before any epoch)."""
+        out: dict[str, Any] = {"best_epoch": self.epoch if self.epoch is not None else 0,
+                               "select_score": self.score if self.score is not None else float("nan")}
+        out.update({f"{k}_at_best": float(self.record.get(k, float("nan"))) for k in AT_BEST_KEYS})
+        return out
+
+
 def _check_resumable(stored: TrainConfig, config: TrainConfig, path: Path) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name in RUNTIME_FIELDS:
@@ -348,8 +459,17 @@ def train(config: TrainConfig,
           test_batches: Callable[[], Iterable[tuple[Tensor, Tensor]]], *,
           checkpoint_dir: str | Path | None = None,
           on_epoch: Callable[[dict[str, Any], Trainer], None] | None = None,
-          resume: bool = False) -> list[dict[str, Any]]:
-    """Train for ``config.epochs`` epochs, evaluating on the test batches after each.
+          resume: bool = False,
+          val_batches: Callable[[], Iterable[tuple[Tensor, Tensor]]] | None = None,
+          oracle_val_batches: Callable[[], Iterable[tuple[Tensor, Tensor]]] | None = None,
+          select_metric: str = SELECT_METRIC, select_mode: str = SELECT_MODE
+          ) -> list[dict[str, Any]]:
+    """Train for ``config.epochs`` epochs, evaluating on validation and test after each.
+
+    With ``val_batches`` the run keeps its best validation epoch (:class:`BestEpoch`): each
+    record carries ``best_epoch``, ``select_score`` and ``test_*_at_best``, and ``best.pt``
+    (that epoch's whole checkpoint) is written beside ``checkpoint.pt`` whenever an epoch
+    improves on it. Without ``val_batches`` nothing is selected.
 
     Args:
         config: the training config.
@@ -361,18 +481,27 @@ def train(config: TrainConfig,
         on_epoch: called with each epoch's record and the trainer, after its checkpoint.
         resume: continue from ``checkpoint_dir/checkpoint.pt`` when it exists (its config must
             match ``config`` except for the runtime fields, e.g. ``epochs``).
+        val_batches: ``() -> iterable of (noisy, clean)``: the validation pairs, contaminated
+            like the training pairs, in a fixed order (``val_*`` metrics).
+        oracle_val_batches: the same pairs clean, for simulated data (``oracle_val_*``).
+        select_metric, select_mode: the selection score and its better direction.
 
     Returns:
-        One record per epoch: ``epoch`` (completed count), the train and test metrics.
+        One record per epoch: ``epoch`` (completed count), the train, validation and test
+        metrics, and the selection fields.
 
     Raises:
         Diverged: with the epoch and the last finite record; the last checkpoint stays intact.
     """
     path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    best_path = Path(checkpoint_dir) / BEST_NAME if checkpoint_dir is not None else None
+    best = BestEpoch(select_metric, select_mode) if val_batches is not None else None
     trainer = None
     if resume and path is not None and path.exists():
         trainer = Trainer.load_checkpoint(path, config=config)
         log.info("resumed %s at epoch %d", path, trainer.epoch)
+        if best is not None:
+            best = BestEpoch.from_history(trainer.history, select_metric, select_mode)
     for epoch in range(trainer.epoch if trainer else 0, config.epochs):
         batches = iter(train_batches(epoch))
         if trainer is None:  # the first batch tells the image size
@@ -383,7 +512,14 @@ def train(config: TrainConfig,
             batches = itertools.chain([first], batches)
         record: dict[str, Any] = {"epoch": epoch + 1}
         record.update(trainer.train_epoch(batches))
+        if val_batches is not None:
+            record.update(trainer.evaluate(val_batches(), prefix="val"))
+        if oracle_val_batches is not None:
+            record.update(trainer.evaluate(oracle_val_batches(), prefix="oracle_val"))
         record.update(trainer.evaluate(test_batches()))
+        improved = best is not None and best.update(record)
+        if best is not None:
+            record.update(best.fields())
         trainer.history.append(record)
         log.info("epoch %d/%d %s", epoch + 1, config.epochs,
                  " ".join(f"{k}={record[k]:.4g}" for k in (*TRAIN_KEYS, "test_mse")))
@@ -391,6 +527,8 @@ def train(config: TrainConfig,
         if path is not None and ((every and trainer.epoch % every == 0)
                                  or trainer.epoch == config.epochs):
             trainer.save_checkpoint(path)
+        if improved and best_path is not None:
+            trainer.save_checkpoint(best_path)
         if on_epoch is not None:
             on_epoch(record, trainer)
     return list(trainer.history) if trainer else []

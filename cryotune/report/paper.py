@@ -2,7 +2,7 @@
 
 Gu, Xian, Unarta, Yao, *Generative Adversarial Networks for Robust Cryo-EM Image Denoising*:
 Table 1 (methods x SNR), Table 2 (the (alpha, beta) grid) and Table 4 (lambda, SNR 0.1).
-Values are (mean, std) over runs. Keys are :func:`cryotune.report.sections.method_key` strings.
+Values are (mean, std) over runs. Keys are :func:`cryotune.report.tables.method_key` strings.
 """
 
 from __future__ import annotations

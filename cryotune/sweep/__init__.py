@@ -1,1 +1,2 @@
-"""Sweeps on Ray Tune: search spaces and the Tuner wiring."""
+"""Sweeps on Ray Tune: the spec and its axes, the search space, trial resources, the
+trainable and the recorder. The workflow that runs one is :mod:`cryotune.runs.sweep`."""

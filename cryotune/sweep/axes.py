@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryotune import vocab
 from cryotune.config import TrainConfig, check_value, from_dict
 from cryotune.errors import BadConfig
 
@@ -102,7 +103,7 @@ class MethodSpec:
 
     @property
     def adversarial(self) -> bool:
-        return self.method not in ("l1_ae", "l2_ae")
+        return vocab.METHODS[self.method].adversarial
 
 
 def train_field(key: str) -> dataclasses.Field:

@@ -2,21 +2,21 @@
 
 :class:`StudyRecorder` is a Ray Tune callback. When a trial ends (finished, stopped early by
 ASHA, diverged, or errored) it writes the trial's row and per-epoch history with
-:meth:`cryotune.results.StudyStore.record_trial`, and its gallery with ``write_array``. The
+:meth:`cryotune.study.store.StudyStore.record_trial`, and its gallery with ``write_array``. The
 history is the union of the trial's last checkpoint (``history.json``, which survives worker
 restarts and driver restarts) and the results this driver saw after it; an epoch seen twice
 keeps its last record.
 
 Tune pickles its callbacks into the experiment state, and a restored run uses the pickled
 copy. The recorder therefore keeps nothing itself: it forwards to the :class:`Session` that
-:func:`cryotune.sweep.run.run_sweep` opens for the duration of one ``fit()``. Each trial's
+:func:`cryotune.runs.sweep.run_sweep` opens for the duration of one ``fit()``. Each trial's
 history is a part file; the session merges them into one file every :data:`COMPACT_EVERY`
-trials and when it closes (:meth:`cryotune.results.StudyStore.compact_history`), so a finished
+trials and when it closes (:meth:`cryotune.study.store.StudyStore.compact_history`), so a finished
 sweep leaves one history file and a report of a large study opens a few files, not thousands.
 
 Example::
 
-    with Session(store, metric="test_mse", mode="min", epochs=10, total=6) as session:
+    with Session(store, metric="val_mse_median", mode="min", epochs=10, total=6) as session:
         tuner = tune.Tuner(..., run_config=tune.RunConfig(callbacks=[StudyRecorder()]))
         tuner.fit()
     print(sorted(session.recorded))
@@ -37,11 +37,12 @@ import numpy as np
 from ray import tune
 
 from cryotune.errors import CryotuneError
-from cryotune.results import StudyStore, finite_or_none
+from cryotune.nn.train import CHECKPOINT_NAME
+from cryotune.study.store import SELECTION, StudyStore, finite_or_none
 from cryotune.sweep.trainable import GALLERY_FILE, HISTORY_FILE
 from cryotune.validate.record import VALIDATION_FILE, from_bytes, record_trial_validation
 
-__all__ = ["Progress", "Session", "StudyRecorder", "study_trial_id", "trial_row"]
+__all__ = ["FIRST_TRIAL", "Progress", "Session", "StudyRecorder", "study_trial_id", "trial_row"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ _TUNE_KEYS = {"timestamp", "checkpoint_dir_name", "should_checkpoint", "done", "
               "node_ip", "config", "time_since_restore", "iterations_since_restore",
               "experiment_tag"}
 _ACTIVE: Session | None = None
+# param-space key of an extension's experiment: the study index of its first trial
+FIRST_TRIAL = "first_trial"
 # history parts between compactions: a compaction rewrites the study's history (~1 s a million
 # rows), while reading 1,000 parts costs about as much
 COMPACT_EVERY = 1000
@@ -68,7 +71,8 @@ class Progress:
     running: int = 0
     pending: int = 0
     failed: int = 0
-    best: tuple[float, str, dict] | None = None  # (metric value, trial id, trial config)
+    best: tuple[float, str, dict] | None = None  # (selection score, trial id, trial config)
+    metric: str = ""  # the selection score's name (the study's select.metric)
     elapsed: float = 0.0
     ended: list[dict] = field(default_factory=list)  # rows recorded since the last update
 
@@ -78,7 +82,8 @@ class Session:
 
     Args:
         store: the study store to record into.
-        metric, mode: the study's metric (for ``best_<metric>`` and the best trial).
+        metric, mode: the study's selection score (``select``): its name in each row, and
+            the best trial so far in the live view.
         epochs: epochs per trial (a trial that ended earlier without diverging was stopped).
         total: trials in the study.
         on_progress: called with a :class:`Progress` at most twice a second and at each end.
@@ -92,12 +97,32 @@ class Session:
                  recorded: Iterable[str] = (), compact_every: int = COMPACT_EVERY):
         self.store, self.metric, self.mode, self.epochs = store, metric, mode, epochs
         self.compact_every = compact_every
-        self.progress = Progress(total=total)
+        self.progress = Progress(total=total, metric=metric)
         self.on_progress = on_progress
         self.recorded = set(recorded)
         self._results: dict[str, list[dict]] = defaultdict(list)
         self._start = time.monotonic()
         self._shown = 0.0
+        self._trials: list[Any] = []  # Tune's trials at the last event
+        self._ended: dict[str, str] = {}  # rows recorded in this session: trial id -> status
+        self._seed_best()
+
+    def _seed_best(self) -> None:
+        """The best of the trials a resumed study already holds, so that the live view's best
+        counts them too."""
+        for trial_id, row in self.store.rows().items():
+            if row.get("status") not in ("finished", "stopped"):
+                continue
+            value = (row.get("select_score") if row.get("select_metric") == self.metric
+                     else row.get(f"best_{self.metric}", row.get(self.metric)))
+            value = finite_or_none(value)
+            if value is None:
+                continue
+            best = self.progress.best
+            if best is None or (value < best[0] if self.mode == "min" else value > best[0]):
+                config = {k.removeprefix("config."): v for k, v in row.items()
+                          if k.startswith("config.") and v is not None and v == v}  # not NaN
+                self.progress.best = (value, str(trial_id), config)
 
     def __enter__(self) -> Session:
         global _ACTIVE
@@ -131,7 +156,7 @@ class Session:
         row, history = trial_row(
             study_trial_id(trial), trial.config.get("t", {}), trial.last_result or {},
             self._results.pop(study_trial_id(trial), []), trial.checkpoint, error,
-            metric=self.metric, mode=self.mode, epochs=self.epochs)
+            metric=self.metric, epochs=self.epochs)
         row["restarts"] = _restarts(trial, error)
         self.record(row, history, trial.checkpoint)
 
@@ -139,13 +164,14 @@ class Session:
         row["checkpoint"] = _checkpoint_uri(checkpoint)
         validation = _read_checkpoint_file(checkpoint, VALIDATION_FILE)
         if validation is not None:
-            row.update(record_trial_validation(self.store, row["trial_id"],
-                                               from_bytes(validation)))
+            row["validation"] = record_trial_validation(self.store, row["trial_id"],
+                                                        from_bytes(validation))
         self.store.record_trial(row, history)
         gallery = _read_checkpoint_file(checkpoint, GALLERY_FILE)
         if gallery is not None:
             self.store.write_array(row["trial_id"], "gallery", np.load(io.BytesIO(gallery)))
         self.recorded.add(row["trial_id"])
+        self._ended[row["trial_id"]] = row["status"]
         self.progress.ended.append(row)
         log.debug("recorded trial %s: %s", row["trial_id"], row["status"])
         if self.store.history_parts >= self.compact_every:
@@ -160,16 +186,45 @@ class Session:
                 self.ended(trial, _trial_error(trial) if trial.status == "ERROR" else None)
         self.step(trials, force=True)
 
+    def interrupted(self) -> list[str]:
+        """Record the trials that were running when the sweep was interrupted (Ctrl-C or
+        SIGTERM of the driver) as ``interrupted``: no result, rerun by ``--resume``. A trial
+        Tune had already ended gets its ordinary row. Returns the interrupted trials' ids."""
+        out = []
+        for trial in self._trials:
+            trial_id = study_trial_id(trial)
+            if trial_id in self._ended:
+                continue
+            if trial.status in ("TERMINATED", "ERROR"):
+                if trial_id not in self.recorded:
+                    self.ended(trial, _trial_error(trial) if trial.status == "ERROR" else None)
+                continue
+            seen = self._results.pop(trial_id, [])
+            if trial.status == "PENDING" and not seen and trial.checkpoint is None:
+                continue  # never started: it runs on resume like any pending trial
+            row, history = trial_row(
+                trial_id, trial.config.get("t", {}), trial.last_result or {}, seen,
+                trial.checkpoint, None, metric=self.metric, epochs=self.epochs)
+            row["status"], row["error"] = "interrupted", "the sweep was interrupted"
+            row["restarts"] = _restarts(trial, None)
+            self.record(row, history, trial.checkpoint)
+            out.append(trial_id)
+        return out
+
     def step(self, trials: list[Any], *, force: bool = False) -> None:
+        self._trials = list(trials)
         now = time.monotonic()
         if self.on_progress is None or (not force and now - self._shown < 0.5):
             return
         self._shown = now
-        states = [t.status for t in trials]
+        # a trial whose row was just written is still RUNNING to Tune until its actor stops
+        states = [("ERROR" if self._ended[study_trial_id(t)] == "error" else "TERMINATED")
+                  if t.status not in ("TERMINATED", "ERROR") and study_trial_id(t) in self._ended
+                  else t.status for t in trials]
         p = self.progress
         p.running = states.count("RUNNING")
         p.pending = states.count("PENDING") + max(0, p.total - len(trials))
-        p.finished = sum(1 for t in trials if t.status == "TERMINATED")
+        p.finished = states.count("TERMINATED")
         p.failed = states.count("ERROR")
         p.elapsed = now - self._start
         self.on_progress(p)
@@ -207,13 +262,15 @@ class StudyRecorder(tune.Callback):
 
 def study_trial_id(trial: Any) -> str:
     """``trial_00003``: the trial's place in the study, kept when Tune restarts an errored
-    trial under a new Tune id; also its folder in the experiment."""
-    return f"trial_{int(str(trial.experiment_tag).split('_')[0]):05d}"
+    trial under a new Tune id; also its folder in the experiment. An extension's experiment
+    numbers on from the study's trials (its param space's :data:`FIRST_TRIAL`)."""
+    first = int((getattr(trial, "config", None) or {}).get(FIRST_TRIAL, 0))
+    return f"trial_{first + int(str(trial.experiment_tag).split('_')[0]):05d}"
 
 
 def trial_row(trial_id: str, config: Mapping[str, Any], last: Mapping[str, Any],
               seen: list[Mapping[str, Any]], checkpoint: Any, error: BaseException | str | None,
-              *, metric: str, mode: str, epochs: int) -> tuple[dict, list[dict]]:
+              *, metric: str, epochs: int) -> tuple[dict, list[dict]]:
     """One study row and its history from what Tune knows of an ended trial.
 
     Args:
@@ -223,7 +280,9 @@ def trial_row(trial_id: str, config: Mapping[str, Any], last: Mapping[str, Any],
         seen: results this driver saw, in order (epochs after the last checkpoint).
         checkpoint: the trial's latest ``tune.Checkpoint`` or None.
         error: the trial's error when it errored.
-        metric, mode: the study's metric, for ``best_<metric>`` and ``best_epoch``.
+        metric: the study's selection score (``select.metric``), named in ``select_metric``;
+            the trial itself picked its best epoch by it (``best_epoch``, ``select_score``,
+            ``test_*_at_best``, as it reported them).
         epochs: the epochs a complete trial runs.
 
     Returns:
@@ -231,7 +290,10 @@ def trial_row(trial_id: str, config: Mapping[str, Any], last: Mapping[str, Any],
     """
     stored = _read_checkpoint_file(checkpoint, HISTORY_FILE)
     history = json.loads(stored) if stored else []
-    history += [_epoch_record(r) for r in seen if "epoch" in r and not r.get("diverged")]
+    # a report whose loss went non-finite carries NaN scores, not an epoch; a last epoch
+    # worse than the noisy input (diverged too) is a whole epoch and stays
+    history += [_epoch_record(r) for r in seen if "epoch" in r and (
+        not r.get("diverged") or finite_or_none(r.get("train_mse")) is not None)]
     by_epoch = {int(h["epoch"]): h for h in history}  # a re-run epoch keeps its last record
     history = [by_epoch[e] for e in sorted(by_epoch)]
     final = history[-1] if history else {}
@@ -241,19 +303,21 @@ def trial_row(trial_id: str, config: Mapping[str, Any], last: Mapping[str, Any],
         status, message = "diverged", str(last.get("error") or "diverged")
     else:
         status, message = ("finished" if final.get("epoch", 0) >= epochs else "stopped"), None
-    values = [(finite_or_none(h.get(metric)), int(h["epoch"])) for h in history]
-    values = [(v, e) for v, e in values if v is not None]
-    best = {}
-    if values:
-        value, epoch = (min if mode == "min" else max)(values, key=lambda ve: ve[0])
-        best = {f"best_{metric}": value, "best_epoch": epoch}
+    # the trial's own selection (a diverged trial's last report keeps the epoch before it)
+    selected = {k: finite_or_none(v) for k, v in {**final, **last}.items() if k in SELECTION}
+    if not selected.get("best_epoch"):  # 0: no epoch was selected
+        selected = {"noisy_test_mse": selected.get("noisy_test_mse")}
+    else:
+        selected["best_epoch"] = int(selected["best_epoch"])
     row = {
         "trial_id": trial_id,
         "status": status,
         "error": message,
         "config": dict(config),
-        "metrics": {k: finite_or_none(v) for k, v in final.items() if k not in _NOT_METRICS},
-        "best": best,
+        "metrics": {k: finite_or_none(v) for k, v in final.items()
+                    if k not in _NOT_METRICS and k not in SELECTION},
+        **selected,
+        "select_metric": metric if selected.get("best_epoch") else None,
         "epochs": len(history),
         "wall_s": finite_or_none(last.get("time_total_s")),
         "node_id": last.get("node_id"),
@@ -281,8 +345,6 @@ def _checkpoint_uri(checkpoint: Any) -> str | None:
     """Where the trial's last model lies (``cryotune denoise --model STUDY`` loads it)."""
     if checkpoint is None:
         return None
-    from cryotune.nn.train import CHECKPOINT_NAME
-
     path = f"{checkpoint.path.rstrip('/')}/{CHECKPOINT_NAME}"
     scheme = {"local": "", "s3": "s3://", "gcs": "gs://"}.get(checkpoint.filesystem.type_name)
     return path if scheme == "" else f"{scheme or checkpoint.filesystem.type_name + '://'}{path}"

@@ -14,12 +14,15 @@ checked before Ray starts; an unknown key, a wrong type or an out-of-range value
         pairs: [[1, 1], [0.5, 0.5]] # (alpha, beta) pairs; or alpha: [...] beta: [...] (crossed)
         lr_g: [1.0e-2, 1.0e-3]      # a list is an axis; {loguniform: [lo, hi]} a range
     lambda: [1, 10]                 # axis for the adversarial methods without their own lambda
+    reduction: [sum, mean]          # l_p term over pixels (sum: the paper's); likewise an axis
     eps: [0, 0.1]                   # contamination rate axis; eps 0 runs once, uncontaminated
     contamination: [A, B, C]        # types crossed with every eps > 0
     seeds: 2                        # repeats: 2 -> seeds [0, 1]; or a list
     epochs: 2
     train: {width: 8, batch_size: 20}  # TrainConfig values shared by every trial
-    metric: test_mse                # mode defaults to min (max for test_psnr, test_ssim)
+    select: {metric: val_mse_median, mode: min}   # the score that picks each trial's best
+                                    # epoch and the study's best trial, and that ASHA and Optuna
+                                    # optimise: validation only (oracle_val_*: simulated data)
     search: grid                    # grid | random | optuna (with n_trials)
     scheduler: {type: asha, grace_period: 1, reduction_factor: 4}   # or fifo
     resources: {cpu: 1, gpu: 0}     # per trial; fractional gpu packs trials on one GPU
@@ -47,9 +50,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cryotune.config import from_dict, load_yaml
+from cryotune import vocab
+from cryotune.config import from_dict, load_yaml, parse_yaml
 from cryotune.errors import BadConfig
 from cryotune.sweep.axes import (
     DatasetSpec,
@@ -69,6 +71,7 @@ __all__ = [
     "Range",
     "Resources",
     "Scheduler",
+    "Select",
     "SweepSpec",
     "apply_overrides",
     "load_spec",
@@ -76,9 +79,6 @@ __all__ = [
 ]
 
 SEARCHES = ("grid", "random", "optuna")
-METRICS = ("test_mse", "test_psnr", "test_ssim", "train_mse")
-CONTAMINATION_TYPES = ("A", "B", "C")
-VALIDATIONS = ("fsc", "clustering")
 
 def _f(default: Any, **metadata: Any) -> Any:
     if isinstance(default, (list, dict)):
@@ -106,6 +106,39 @@ class Scheduler:
         if self.reduction_factor <= 1:
             raise BadConfig(f"{self.reduction_factor:g} is not above 1", "reduction_factor",
                             "use a reduction factor > 1, e.g. 2 or 3")
+
+
+@dataclasses.dataclass
+class Select:
+    """What a study selects on: each trial's best epoch, the best trial, ASHA's and Optuna's
+    objective. Validation only: the test split is reported, never selected on.
+
+    The default, the median over validation images of the per-image MSE, is robust: the
+    validation pairs are contaminated like the training pairs (a user cannot clean them), and a
+    median ignores the contaminated share of pairs where a mean follows it. ``oracle_val_*``
+    scores the same pairs clean, which only a simulation can: it measures how much the robust
+    score loses against an oracle.
+    """
+
+    metric: str = "val_mse_median"
+    mode: str | None = _f(None, choices=("min", "max", None))  # None: by the metric
+
+    def __post_init__(self) -> None:
+        if self.metric.startswith("test_") or self.metric in vocab.GOALS:
+            raise BadConfig(f"{self.metric!r} is not a validation score: the test split is "
+                            "only reported, never selected on", "metric",
+                            "select on validation: metric: val_mse_median (or one of "
+                            f"{', '.join(vocab.SELECT_METRICS)})")
+        if self.metric not in vocab.SELECT_METRICS:
+            raise BadConfig(f"{self.metric!r} is not one of {', '.join(vocab.SELECT_METRICS)}",
+                            "metric", "use e.g. metric: val_mse_median")
+        if self.mode is None:
+            self.mode = vocab.goal(self.metric)
+
+    @property
+    def oracle(self) -> bool:
+        """Selects on the clean validation pairs (simulated data only)."""
+        return self.metric.startswith("oracle_val_")
 
 
 @dataclasses.dataclass
@@ -138,13 +171,16 @@ class SweepSpec:
     dataset: Any = None
     methods: list[Any] = _f([])
     lam: Any = _f(None, alias="lambda")  # None: each method's own or TrainConfig's (10)
+    reduction: Any = None  # None: each method's own, train.reduction or TrainConfig's (sum)
     eps: Any = 0.0
     contamination: list[str] | str | None = None
     seeds: int | list[int] = 1
     epochs: int = _f(10, range=(1, None))  # the paper does not state its epochs
     train: dict[str, Any] = _f({})
-    metric: str = _f("test_mse", choices=METRICS)
-    mode: str | None = _f(None, choices=("min", "max", None))  # None: by the metric
+    select: Select = dataclasses.field(default_factory=Select)
+    # the former top-level selection keys: a validation score moves to select, test is refused
+    metric: str | None = None
+    mode: str | None = _f(None, choices=("min", "max", None))
     search: str = _f("grid", choices=SEARCHES)
     n_trials: int | None = _f(None, range=(1, None))  # random and optuna only
     search_seed: int = _f(0, range=(0, None))
@@ -166,32 +202,51 @@ class SweepSpec:
                             "use letters, digits, '.', '_' and '-', e.g. name: smoke")
         if isinstance(self.scheduler, str):
             self.scheduler = from_dict(Scheduler, {"type": self.scheduler}, "scheduler")
-        if self.mode is None:
-            self.mode = "max" if self.metric in ("test_psnr", "test_ssim") else "min"
+        self._check_select()
         self.dataset = parse_datasets(self.dataset)
         self.methods = parse_methods(self.methods)
         self.train = parse_train(self.train)
         self.lam = parse_axis(self.lam, "lambda", train_field("lambda")) if self.lam is not None else None
+        if self.reduction is not None:
+            self.reduction = parse_axis(self.reduction, "reduction", train_field("reduction"))
         self.eps = parse_axis(self.eps, "eps", None, bounds=(0.0, 1.0))
         self.seeds = parse_seeds(self.seeds)
         self._check_contamination()
         self._check_search()
         for i, name in enumerate(self.validate):
-            if name not in VALIDATIONS:
-                raise BadConfig(f"{name!r} is not one of {', '.join(VALIDATIONS)}",
-                                f"validate[{i}]", "use fsc and/or clustering")
+            if name not in vocab.VALIDATIONS:
+                raise BadConfig(f"{name!r} is not one of {', '.join(vocab.VALIDATIONS)}",
+                                f"validate[{i}]", f"use {' and/or '.join(vocab.VALIDATIONS)}")
         if self.scheduler.type == "asha" and self.scheduler.grace_period > self.epochs:
             raise BadConfig(f"grace period {self.scheduler.grace_period} exceeds epochs "
                             f"{self.epochs}", "scheduler.grace_period",
                             "use a grace period <= epochs")
 
+    def _check_select(self) -> None:
+        """The former ``metric:``/``mode:`` keys: a test metric is refused, a validation score
+        moves to ``select``."""
+        if self.metric is None:
+            if self.mode is not None:
+                raise BadConfig("mode without metric", "mode", "write select: {mode: ...}")
+            return
+        if self.select != Select():
+            raise BadConfig("both metric and select are given", "metric",
+                            "keep select: {metric: ..., mode: ...} only")
+        if self.metric.startswith("test_") or self.metric in vocab.GOALS:
+            raise BadConfig(f"{self.metric!r} selects on the test split, which is only reported",
+                            "metric", "remove it: the study selects on validation, "
+                            "select: {metric: val_mse_median, mode: min} by default")
+        self.select = Select(self.metric, self.mode)
+        self.metric = self.mode = None
+
     def _check_contamination(self) -> None:
         if isinstance(self.contamination, str):
             self.contamination = [self.contamination]
         for i, kind in enumerate(self.contamination or []):
-            if kind not in CONTAMINATION_TYPES:
-                raise BadConfig(f"{kind!r} is not one of A, B, C", f"contamination[{i}]",
-                                "A replaces the reference, B the noisy image, C both")
+            if kind not in vocab.CONTAMINATION_TYPES:
+                raise BadConfig(f"{kind!r} is not one of {', '.join(vocab.CONTAMINATION_TYPES)}",
+                                f"contamination[{i}]", "; ".join(
+                                    f"{k}: {v}" for k, v in vocab.CONTAMINATION_TYPES.items()))
         top = self.eps.high if isinstance(self.eps, Range) else max(self.eps)
         if top > 0 and not self.contamination:
             raise BadConfig("eps above 0 needs contamination types", "contamination",
@@ -267,10 +322,10 @@ def _split_override(item: str) -> tuple[str, Any]:
         raise BadConfig(f"override {item!r} is not key=value", "--set",
                         "write e.g. --set epochs=2 or --set train.width=16")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise BadConfig(f"override value {text!r} is not valid YAML ({err})", f"--set {key}",
-                        "quote strings, write lists as [a, b]") from None
+        value = parse_yaml(text, f"--set {key.strip()}")
+    except BadConfig as err:
+        raise BadConfig(f"override value {text!r} is not valid YAML ({err.what})",
+                        f"--set {key.strip()}", "quote strings, write lists as [a, b]") from None
     return key.strip(), value
 
 

@@ -6,6 +6,9 @@
   gold-standard half maps and FSC against a known truth.
 - :mod:`cryotune.validate.cluster`: Isomap (or spectral, MDS, t-SNE) + k-means accuracy of
   telling two conformations apart.
+- :mod:`cryotune.validate.reference`: a dataset's reference (test images, poses, CTF, true
+  volumes) and the validation of one image stack against it.
+- :mod:`cryotune.validate.record`: validation results as study columns and arrays.
 
 Nothing is imported here, so each module loads only what it needs (the FSC needs no torch).
 """

@@ -32,7 +32,7 @@ origin is the translation that moves the particle to the box centre, i.e. the pa
 ``shiftImageInFourierTransform(F, F, N, originX, originY)`` does in ``relion_reconstruct``
 (and as :mod:`cryotune.data.star` documents for ``shifts_px``).
 
-CTF: the simulator's :func:`cryotune.data.simulate.ctf_2d` (RELION's ``CTF::getCTF``, positive
+CTF: :func:`cryotune.data.ctf.ctf_2d` (RELION's ``CTF::getCTF``, positive
 at low frequency, defocus U/V/angle as in ``rlnDefocusU/V/Angle``), evaluated on the padded
 grid. ``mode="wiener"`` accumulates ``CTF * F`` and ``CTF^2`` weights (``reg`` is then the
 Wiener constant, relative to the mean weight); ``mode="phase_flip"`` accumulates
@@ -59,7 +59,7 @@ from itertools import product
 import numpy as np
 import torch
 
-from cryotune.data.simulate import ctf_2d
+from cryotune.data.ctf import ctf_2d
 from cryotune.errors import BadInput
 
 log = logging.getLogger(__name__)

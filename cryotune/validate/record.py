@@ -1,6 +1,6 @@
 """Validation results into a study: scalar columns for the row, arrays under the trial.
 
-A trial computes its :class:`~cryotune.validate.study.Validation` where its model lives (a Ray
+A trial computes its :class:`~cryotune.validate.reference.Validation` where its model lives (a Ray
 worker) and ships it in its checkpoint as one ``validation.npz`` (:func:`to_bytes`); the driver
 turns that into row columns and ``trials/<trial_id>/<name>.npy`` arrays
 (:func:`record_trial_validation`). The clean and noisy references go once per dataset under
@@ -9,9 +9,9 @@ turns that into row columns and ``trials/<trial_id>/<name>.npy`` arrays
 
 Example::
 
-    from cryotune.results import StudyStore
+    from cryotune.study.store import StudyStore
     from cryotune.validate.record import record_references
-    from cryotune.validate.study import load_reference, validate_images
+    from cryotune.validate.reference import load_reference, validate_images
     ref = load_reference("data/sim-32")
     refs = {n: validate_images(ref, getattr(ref, n)) for n in ("clean", "noisy")}
     record_references(StudyStore("studies", "s"), "sim-32-0a1b2c3d", manifest, refs)
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cryotune.validate.study import Validation
+from cryotune.validate.reference import Validation
 
 __all__ = ["REFERENCES", "VALIDATION_FILE", "columns", "from_bytes", "record_references",
            "record_trial_validation", "to_bytes"]
@@ -64,12 +64,13 @@ def record_trial_validation(store: Any, trial_id: str, validation: Validation) -
     """Write a trial's validation arrays; return the columns to add to its row.
 
     Args:
-        store: a :class:`cryotune.results.StudyStore`.
+        store: a :class:`cryotune.study.store.StudyStore`.
         trial_id: the row's trial id.
         validation: the trial's results.
 
     Returns:
-        ``fsc_res_0143_A``, ``cluster_acc``... and ``validate_needs`` (None when complete).
+        ``fsc_res_0143_A``, ``cluster_acc``... and ``validate_needs`` (None when complete): the
+        row's ``validation`` group (:data:`cryotune.study.store.GROUPS`).
     """
     for name, array in validation.arrays.items():
         store.write_array(trial_id, name, array)
@@ -81,8 +82,8 @@ def record_references(store: Any, key: str, manifest: Mapping[str, Any],
     """Keep the clean and noisy images' validation with the dataset in the study.
 
     Args:
-        store: a :class:`cryotune.results.StudyStore`.
-        key: the dataset's key in the study (:func:`cryotune.results.dataset_key`).
+        store: a :class:`cryotune.study.store.StudyStore`.
+        key: the dataset's key in the study (:func:`cryotune.study.store.dataset_key`).
         manifest: the dataset's manifest; stored with a ``validation`` entry added.
         references: ``{"clean": ..., "noisy": ...}``.
     """

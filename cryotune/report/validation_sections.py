@@ -11,9 +11,9 @@ the dataset's own test images, validated once per dataset
 
 Example::
 
-    from cryotune.report import tables, validation
+    from cryotune.report import tables, validation_sections
     t = tables.prepare(study)
-    html = validation.fsc_section(study, t) + validation.clustering_section(study, t)
+    html = validation_sections.fsc_section(study, t) + validation_sections.clustering_section(study, t)
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import math
 import numpy as np
 import pandas as pd
 
-from cryotune.report.figures import PALETTE, Series, line_chart, png_data_uri
+from cryotune import vocab
+from cryotune.report.charts import PALETTE, Series, line_chart, png_data_uri
 from cryotune.report.html import esc, fmt, missing, table
-from cryotune.report.tables import GAN_METHODS
-from cryotune.results import Study
+from cryotune.study.tables import Study, best_trial
 
 __all__ = ["clustering_section", "contamination_section", "fsc_section", "scatter_chart",
            "volumes_section"]
@@ -60,9 +60,10 @@ def _curve(study: Study, s: str, trial: str | None, key: str | None, prefix: str
 
 
 def _best(group: pd.DataFrame) -> pd.Series:
-    """The trial of a group with the lowest test MSE (the first when none has one)."""
-    mse = pd.to_numeric(group.get("test_mse"), errors="coerce")
-    return group.loc[mse.idxmin()] if mse.notna().any() else group.iloc[0]
+    """The group's best trial, chosen on validation (:func:`cryotune.study.tables.best_trial`),
+    else its first (a study recorded before validation selection)."""
+    best = best_trial(group)
+    return group.iloc[0] if best is None else best
 
 
 def fsc_section(study: Study, t: pd.DataFrame) -> str:
@@ -98,10 +99,80 @@ def fsc_section(study: Study, t: pd.DataFrame) -> str:
     head = ["images", "FSC from", "res. at 0.143 (Å)", "res. at 0.5 (Å)", "trials"]
     note = ('<p class="note">Per-conformation reconstructions of the test split from its known '
             "poses; the FSC is against the ground truth when the dataset knows it, else between "
-            "half maps (image-weighted mean over conformations). Curves of the lowest-MSE trial "
-            "per method at ε = 0; resolutions are means over trials. A resolution at Nyquist "
+            "half maps (image-weighted mean over conformations). Curves of the trial chosen on "
+            "validation per method at ε = 0; resolutions are means over trials. A resolution at Nyquist "
             "means the curve never fell below the threshold.</p>")
-    return note + '<div class="figs">' + "".join(c for c in charts if c) + "</div>" + table(head, rows)
+    return (note + '<div class="figs">' + "".join(c for c in charts if c) + "</div>"
+            + table(head, rows) + half_map_table(refs, v))
+
+
+def _mean(group: pd.DataFrame, column: str) -> float | None:
+    if column not in group:
+        return None
+    value = pd.to_numeric(group[column], errors="coerce").mean()
+    return None if pd.isna(value) else float(value)
+
+
+def _moved(value: float | None, raw: float | None) -> str:
+    """How far a half-map resolution moved from the raw particles' (smaller is finer)."""
+    if value is None or raw is None:
+        return "–"
+    delta = value - raw
+    if abs(delta) < 0.05:
+        return "unchanged"
+    return f"{abs(delta):.1f} Å {'finer' if delta < 0 else 'coarser'}"
+
+
+def half_map_table(refs: list[tuple[str, str, dict]], v: pd.DataFrame) -> str:
+    """Datasets without ground truth (real particles): each image set's half-map resolution
+    beside the raw particles', with the number of particles, and the FSC against the input map.
+
+    Args:
+        refs: ``(study, dataset key, {"clean": columns, "noisy": columns})`` per dataset.
+        v: the validated trials (one row a trial, with ``label`` and ``config.dataset``).
+
+    Returns:
+        HTML (empty when every dataset knows its truth).
+    """
+    rows = []
+    for _, key, ref in refs:
+        noisy = ref.get("noisy") or {}
+        if noisy.get("fsc_vs_truth") != 0 or noisy.get("fsc_half_res_0143_A") is None:
+            continue
+        raw = noisy["fsc_half_res_0143_A"]
+        sets = [("raw particles", noisy, "reference"),
+                ("clean references (map projections)", ref.get("clean") or {}, "reference")]
+        for label, values, n in sets:
+            rows.append([esc(key), esc(label), esc(_count(values.get("fsc_n_images"))),
+                         fmt(values.get("fsc_half_res_0143_A"), "f1"),
+                         esc(_moved(values.get("fsc_half_res_0143_A"), raw)
+                             if label != "raw particles" else "–"),
+                         fmt(values.get("fsc_map_res_0143_A"), "f1"),
+                         fmt(values.get("fsc_map_res_05_A"), "f1"), esc(n)])
+        sub = v[v["config.dataset"].astype(str) == key] if "config.dataset" in v else v
+        for label, group in sub.groupby("label", sort=True):
+            half = _mean(group, "fsc_half_res_0143_A")
+            rows.append([esc(key), esc(f"denoised: {label}"),
+                         esc(_count(_mean(group, "fsc_n_images"))), fmt(half, "f1"),
+                         esc(_moved(half, raw)), fmt(_mean(group, "fsc_map_res_0143_A"), "f1"),
+                         fmt(_mean(group, "fsc_map_res_05_A"), "f1"), esc(len(group))])
+    if not rows:
+        return ""
+    head = ["dataset", "images", "particles", "half-map res. at 0.143 (Å)", "vs raw particles",
+            "vs input map at 0.143 (Å, biased)", "vs input map at 0.5 (Å, biased)", "trials"]
+    note = ('<h3>Half-map FSC without ground truth</h3><p class="note">The test particles '
+            "reconstructed at their refined poses (with their CTF), split into two random halves "
+            "by a fixed seed; the resolution where the two half maps' FSC falls below 0.143, for "
+            "the raw (noisy) particles and for each method's denoised particles (mean over "
+            "trials at ε = 0). \"vs raw particles\" says whether denoising moved it. The FSC of "
+            "the full reconstruction against the input map is biased toward that map: the "
+            "poses were refined against it and the training references are its projections, "
+            "so it is no resolution estimate.</p>")
+    return note + table(head, rows, left=2)
+
+
+def _count(value) -> str:
+    return "–" if value is None or pd.isna(value) else f"{int(round(float(value))):,}"
 
 
 def _row(label, values, source: str) -> list[str]:
@@ -162,7 +233,7 @@ def contamination_section(study: Study, t: pd.DataFrame) -> str:
         return missing("No validated trials under type A contamination (eps > 0). " + _ASK)
     eps = float(v["eps"].max())
     v = v[v["eps"] == eps]
-    robust = v[v["config.method"].isin(GAN_METHODS)]
+    robust = v[v["config.method"].isin(vocab.ADVERSARIAL)]
     picks = []
     if not robust.empty:
         picks.append(("best robust", _best(robust)))
@@ -249,8 +320,8 @@ def clustering_section(study: Study, t: pd.DataFrame) -> str:
             "conformation's test images; accuracy under the best label matching. With uniform "
             "random views the view dominates the pixels, so the clustering uses the images "
             "viewed within a cone around the densest direction, turned in-plane by their known "
-            "poses; the last column is the accuracy over every view. Scatter of the "
-            "lowest-MSE trial per method at ε = 0.</p>")
+            "poses; the last column is the accuracy over every view. Scatter of the trial "
+            "chosen on validation per method at ε = 0.</p>")
     head = ["images", "accuracy (view cone)", "accuracy (all views)", "trials"]
     return note + '<div class="figs">' + "".join(charts) + "</div>" + table(head, rows)
 

@@ -4,7 +4,7 @@ No plotting library and no external file: the report stays one self-contained HT
 
 Example::
 
-    from cryotune.report.figures import Series, line_chart, png_data_uri
+    from cryotune.report.charts import Series, line_chart, png_data_uri
     svg = line_chart([Series("l1", [0, .1], [1e-3, 2e-3], [1e-4, 1e-4])], "eps", "test MSE")
     uri = png_data_uri(image)      # image: 2D float array in [0, 1]
 """
@@ -30,7 +30,8 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 @dataclass
 class Series:
-    """One line: points (x, y) with optional symmetric error bars ``err``."""
+    """One line: points (x, y) with optional symmetric error bars ``err``; ``line`` False
+    draws the points alone (a scatter)."""
 
     label: str
     x: Sequence[float]
@@ -39,6 +40,7 @@ class Series:
     dashed: bool = False
     color: str | None = None
     extra: dict = field(default_factory=dict)
+    line: bool = True
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -138,14 +140,18 @@ def line_chart(
             continue
         dash = ' stroke-dasharray="6 3"' if s.dashed else ""
         path = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y, _) in enumerate(good))
-        out.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="1.6"{dash}/>')
+        if s.line:
+            out.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="1.6"{dash}/>')
         for x, y, e in good:
             out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.6" fill="{color}"/>')
             if e is not None and math.isfinite(e) and e > 0:
                 lo = y - e if not log_y or y - e > 0 else y / 2
                 out.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{sy(lo):.1f}" y2="{sy(y + e):.1f}" stroke="{color}"/>')
         ly = height + 16 * i + 4
-        out.append(f'<line x1="{ml}" x2="{ml + 18}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/>')
+        if s.line:
+            out.append(f'<line x1="{ml}" x2="{ml + 18}" y1="{ly}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/>')
+        else:
+            out.append(f'<circle cx="{ml + 9}" cy="{ly}" r="3" fill="{color}"/>')
         out.append(f'<text x="{ml + 24}" y="{ly + 4}">{esc(s.label)}</text>')
     out.append("</svg>")
     return "".join(out)

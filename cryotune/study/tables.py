@@ -1,9 +1,12 @@
-"""Studies as pandas tables: load one or more study stores, filter, summarize, label.
+"""Studies as pandas tables: load one or more study stores, filter, summarize, label, and
+pick the best trial.
 
-The store's layout, its columns and its writer are in :mod:`cryotune.study_store` (the history
-folder's files in :mod:`cryotune.study_history`); this module reads what they write and
-re-exports the writer's public names, so ``cryotune.results`` is the one place to import the
-study tables from. No running Ray is needed.
+The store's layout, its columns and its writer are in :mod:`cryotune.study.store` (the history
+folder's files in :mod:`cryotune.study.history`); this module reads what they write. No
+running Ray is needed. :func:`best_trial` (:meth:`Study.best`) is the one rule for "the best
+trial": ``cryotune status``, ``cryotune denoise --model STUDY`` and the report all use it. It
+reads validation only: each trial's ``select_score`` (its best validation epoch's score), never
+a test column, among trials neither diverged nor errored nor interrupted.
 
 Example::
 
@@ -18,9 +21,7 @@ from __future__ import annotations
 
 import io
 import json
-import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,37 +31,25 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import yaml
 
+from cryotune import vocab
+from cryotune._io import join, resolve
 from cryotune.errors import BadInput
-from cryotune.study_history import SEQ, read_history
-from cryotune.study_store import (
-    ENDED_OK,
+from cryotune.expr import mask
+from cryotune.study.compare import compare_trials
+from cryotune.study.history import SEQ, read_history
+from cryotune.study.labels import trial_reductions
+from cryotune.study.select import select_trials
+from cryotune.study.store import (
     HISTORY_DIR,
-    SPEC_FILE,
-    STATUSES,
-    STUDY_SCHEMA_VERSION,
+    SELECTABLE,
     TRIALS_FILE,
-    StudyStore,
-    flatten_config,
-    join,
+    read_spec,
     read_table,
-    resolve,
     safe_name,
 )
 
-__all__ = [
-    "ENDED_OK",
-    "STATUSES",
-    "STUDY_SCHEMA_VERSION",
-    "Study",
-    "StudyStore",
-    "dataset_key",
-    "finite_or_none",
-    "flatten_config",
-    "load_study",
-    "method_labels",
-]
+__all__ = ["Study", "best_trial", "load_study"]
 
 
 @dataclass
@@ -68,7 +57,7 @@ class Study:
     """One or more studies' tables, loaded into pandas.
 
     Attributes:
-        trials: one row a trial (columns as in :mod:`cryotune.study_store`).
+        trials: one row a trial (columns as in :mod:`cryotune.study.store`).
         specs: the resolved sweep specs, one per study, keyed by study name.
         uris: where each study was read from.
     """
@@ -148,48 +137,68 @@ class Study:
         return None
 
     def query(self, where: str) -> Study:
-        """Trials matching a pandas query; bare config names work (``method == 'l2_ae'``).
+        """Trials matching a query expression (:mod:`cryotune.expr`: column names, literals,
+        comparisons, ``in`` lists, ``and``/``or``/``not``); bare config names work
+        (``method == 'l2_ae' and eps > 0``), nulls compare False.
 
         Raises:
             BadInput: the expression names an unknown column (the message lists the known ones)
-                or is not valid.
+                or goes outside the grammar (a call, an attribute, ``@name``...).
         """
-        expr = _expand_names(where, self.trials.columns)
-        try:
-            trials = self.trials.query(expr, engine="python")
-        except pd.errors.UndefinedVariableError as err:
-            name = re.search(r"'([^']+)'", str(err))
-            known = ", ".join(_display_columns(self.trials.columns))
-            raise BadInput(f"unknown column {name.group(1) if name else err!s} in --where",
-                           where, f"known columns: {known}") from None
-        except (SyntaxError, ValueError, TypeError) as err:
-            raise BadInput(f"invalid --where expression ({err})", where,
-                           "write a pandas query, e.g. \"method == 'l2_ae' and eps > 0\"") from None
+        trials = self.trials[mask(self.trials, where)]
         return Study(trials=trials.reset_index(drop=True), specs=self.specs, uris=self.uris,
                      _history=None, _sources=self._sources)
 
-    def best_trial(self, metric: str | None = None, mode: str | None = None) -> pd.Series:
-        """The finished trial with the best final ``metric`` (default: the sweep spec's metric
-        and mode, else test_mse / min); baselines and trials without a model are skipped.
+    def best(self, *, with_model: bool = False) -> pd.Series:
+        """The study's best trial by :func:`best_trial`: chosen on validation only.
+
+        Args:
+            with_model: only trials with a model (the one ``denoise`` would apply).
+
+        Returns:
+            Its row: ``select_metric``/``select_score`` (what chose it), ``best_epoch`` and
+            ``test_*_at_best`` (the test metrics of that epoch, reported only).
 
         Raises:
-            BadInput: no finished trial has a finite value of the metric and a checkpoint.
+            BadInput: the study predates validation selection, its trials select on different
+                scores, or no trial qualifies.
         """
-        spec = next(iter(self.specs.values()), {}) if self.specs else {}
-        metric = metric or spec.get("metric", "test_mse")
-        mode = mode or spec.get("mode", "min")
-        column = _column(metric, self.trials.columns)
-        t = self.trials
-        ok = (t["status"] == "finished") & np.isfinite(pd.to_numeric(t[column], errors="coerce"))
-        if "checkpoint" in t:
-            ok &= t["checkpoint"].notna()
-        else:
-            ok &= False
-        if not ok.any():
-            raise BadInput(f"no finished trial with a model and a finite {metric}",
-                           ", ".join(self.uris), "let the sweep finish, or name a trial")
-        values = pd.to_numeric(t.loc[ok, column])
-        return t.loc[values.idxmin() if mode == "min" else values.idxmax()]
+        where = ", ".join(self.uris) or "study"
+        scored = self.trials.get("select_score", pd.Series(dtype=float)).notna().any()
+        tested = self.trials.get("test_mse", pd.Series(dtype=float)).notna().any()
+        if tested and not scored:  # test results and no selection score: an older study
+            raise BadInput("this study predates validation selection; no trial is selected",
+                           where, "rerun the sweep to select on validation, or name a trial "
+                           "(cryotune denoise --trial ID)")
+        best = best_trial(self.trials, with_model=with_model)
+        if best is None:
+            model = " with a model" if with_model else ""
+            raise BadInput(f"no finished or stopped trial{model} has a validation selection "
+                           "score", where, "let the sweep finish, or name a trial")
+        return best
+
+    def compare(self, a: str, b: str, *, by: Sequence[str] | str | None = None,
+                pool: Sequence[str] | str | None = None, metric: str = "test_mse_at_best",
+                where: str | None = None):
+        """Paired comparison of the trials ``b`` picks against those ``a`` picks, per cell and
+        pooled, with CIs, Wilcoxon p and n (:func:`cryotune.study.compare.compare_trials`).
+
+        Example: ``study.compare(a="label == 'l1-AE'", b="method == 'beta_gan'",
+        where="eps > 0").sentences()``.
+        """
+        return compare_trials(self.trials, a, b, by=by, pool=pool, metric=metric, where=where)
+
+    def select(self, goal: str = "worst_ratio", *, q: float = 0.25,
+               score: str = "select_score", test: str = "test_mse_at_best",
+               mode: str | None = None):
+        """Rank configurations by a robustness goal on the validation score
+        (:func:`cryotune.study.select.select_trials`); ``mode`` defaults to the spec's
+        ``select: {mode: ...}``, else ``min``."""
+        if mode is None:
+            spec = next(iter(self.specs.values()), {}) if self.specs else {}
+            chosen = spec.get("select") if isinstance(spec.get("select"), dict) else {}
+            mode = chosen.get("mode") or "min"
+        return select_trials(self.trials, goal, q=q, score=score, test=test, mode=mode)
 
     def summary(
         self,
@@ -198,6 +207,8 @@ class Study:
         agg: Sequence[str] = ("mean", "std", "count"),
     ) -> pd.DataFrame:
         """Aggregate metrics over trials grouped by ``by`` (config names may omit ``config.``).
+        Interrupted trials (cut short by Ctrl-C or SIGTERM, rerun by ``--resume``) are no
+        results and take no part.
 
         Returns:
             A frame with one row per group and columns ``<metric>_<agg>``.
@@ -205,13 +216,24 @@ class Study:
         cols = self.trials.columns
         by = [_column(name, cols) for name in by]
         metrics = [_column(name, cols) for name in metrics]
+        unknown = [a for a in agg if a not in AGGREGATIONS]
+        if unknown or not agg:
+            raise BadInput(f"unknown aggregation {unknown[0]!r}" if unknown else "no aggregation",
+                           "--agg", f"use some of {', '.join(AGGREGATIONS)}")
         frame = self.trials.copy()
+        if "status" in frame:
+            frame = frame[frame["status"] != "interrupted"]
         for name in by:  # NaN groups (e.g. alpha of an autoencoder) must not vanish
             if frame[name].isna().any():
                 frame[name] = frame[name].astype(object).where(frame[name].notna(), "-")
         grouped = frame.groupby(by, sort=True, dropna=False)[metrics].agg(list(agg))
         grouped.columns = [f"{m}_{a}" for m, a in grouped.columns]
         return grouped.reset_index()
+
+
+# what Study.summary aggregates with: pandas' reductions by name, no other callable
+AGGREGATIONS = ("mean", "std", "sem", "var", "median", "min", "max", "sum", "count", "nunique",
+                "first", "last")
 
 
 def _display_columns(columns: Iterable[str]) -> list[str]:
@@ -228,25 +250,41 @@ def _column(name: str, columns: Iterable[str]) -> str:
                    f"known columns: {', '.join(_display_columns(columns))}")
 
 
-_NAME = re.compile(r"`[^`]*`|'[^']*'|\"[^\"]*\"|[A-Za-z_][A-Za-z0-9_.]*")
+def best_trial(trials: pd.DataFrame, *, with_model: bool = False) -> pd.Series | None:
+    """The one rule for "the best trial", on validation only: among the trials that ended
+    finished or stopped by the scheduler (:data:`~cryotune.study.store.SELECTABLE`: not
+    diverged, errored or interrupted) with a finite ``select_score`` (and, with
+    ``with_model``, a checkpoint), the best score in the direction of its ``select_metric``
+    (:func:`cryotune.vocab.goal`); the first in table order on a tie. No test column is read.
 
+    Args:
+        trials: study rows (a whole study, or a group of it).
+        with_model: skip trials without a checkpoint (baselines, errored trials).
 
-def _expand_names(expr: str, columns: Iterable[str]) -> str:
-    """Backquote column names so dotted names and bare config names work in pandas.query."""
-    columns = set(columns)
-    keywords = {"and", "or", "not", "in", "is", "True", "False", "None", "nan", "inf"}
+    Returns:
+        The trial's row, or None when none qualifies (as for a study recorded before
+        validation selection, which has no ``select_score``).
 
-    def sub(match: re.Match) -> str:
-        token = match.group(0)
-        if token[0] in "`'\"" or token in keywords:
-            return token
-        if token in columns:
-            return f"`{token}`"
-        if f"config.{token}" in columns:
-            return f"`config.{token}`"
-        return token
-
-    return _NAME.sub(sub, expr)
+    Raises:
+        BadInput: the qualifying trials were selected on different scores.
+    """
+    if trials.empty or "select_score" not in trials:
+        return None
+    values = pd.to_numeric(trials["select_score"], errors="coerce")
+    ok = trials["status"].isin(SELECTABLE) & np.isfinite(values)
+    if with_model:
+        ok &= trials["checkpoint"].notna() if "checkpoint" in trials else False
+    if not ok.any():
+        return None
+    metrics = (trials.loc[ok, "select_metric"].dropna().unique() if "select_metric" in trials
+               else [])
+    if len(metrics) > 1:
+        raise BadInput(f"the trials were selected on different scores ({', '.join(metrics)})",
+                       "study tables", "compare studies that share a select.metric")
+    # no select_metric: recorded while every study selected on val_mse_median (min)
+    mode = vocab.goal(metrics[0]) if len(metrics) else "min"
+    values = values[ok]
+    return trials.loc[values.idxmin() if mode == "min" else values.idxmax()]
 
 
 def load_study(*paths: str | Path) -> Study:
@@ -267,76 +305,12 @@ def load_study(*paths: str | Path) -> Study:
             raise BadInput("not a cryotune study (no trials.parquet)", str(p),
                            "pass the folder a sweep wrote: <storage>/<name>")
         trials = table.to_pandas()
-        spec_file = join(path, SPEC_FILE)
-        if fs.get_file_info(spec_file).type == pafs.FileType.File:
-            with fs.open_input_stream(spec_file) as f:
-                spec = yaml.safe_load(f.read().decode()) or {}
+        spec = read_spec(fs, path)
+        if spec is not None:
             specs[str(trials["study"].iloc[0]) if len(trials) else Path(path).name] = spec
         frames.append(trials)
         uris.append(str(p))
         sources.append((fs, path))
     trials = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    trials["config.reduction"] = trial_reductions(trials)
     return Study(trials=trials, specs=specs, uris=uris, _sources=sources)
-
-
-def dataset_key(manifest: Mapping[str, Any]) -> str:
-    """A short stable name for a dataset in a study: ``<name>-<8 hex of its shard checksums>``.
-
-    Sweeps and baselines name the same dataset the same way, so their rows line up.
-    """
-    import hashlib
-
-    digest = hashlib.sha256()
-    for split in sorted(manifest.get("splits", {})):
-        for shard in manifest["splits"][split].get("shards", []):
-            digest.update(_json_sorted(shard).encode())
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", str(manifest.get("name", "dataset")))
-    return f"{name}-{digest.hexdigest()[:8]}"
-
-
-def _json_sorted(value: Any) -> str:
-
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-# display names in the paper's words; the report and the CLI use them
-_LABELS = {"l2_ae": "ℓ2-AE", "l1_ae": "ℓ1-AE", "js_gan": "JS-GAN", "wgan": "WGAN",
-           "wgan_gp": "WGAN-GP", "bm3d": "BM3D", "ksvd": "KSVD", "nlm": "NLM",
-           "cwf": "CWF (no CTF)"}
-
-
-def method_labels(trials: pd.DataFrame, *, with_lambda: bool = True) -> pd.Series:
-    """One display name per trial: ``(0.5,0.5)-GAN + ℓ1``, ``WGAN-GP + ℓ1``, ``ℓ2-AE``...
-
-    GAN methods carry their reconstruction term (``+ ℓp``, omitted when lambda is 0, a pure
-    GAN) and, with ``with_lambda``, ``(λ=...)`` when lambda is not the paper's 10.
-    """
-    def col(name, default=None):
-        return trials[name] if name in trials else pd.Series(default, index=trials.index)
-
-    method, alpha, beta = col("config.method", "?"), col("config.alpha"), col("config.beta")
-    lam, p = col("config.lambda"), col("config.p")
-    out = []
-    for m, a, b, la, pp in zip(method, alpha, beta, lam, p, strict=True):
-        if m == "beta_gan" and pd.notna(a) and pd.notna(b):
-            name = f"({a:g},{b:g})-GAN"
-        else:
-            name = _LABELS.get(str(m), str(m))
-        if m in ("beta_gan", "js_gan", "wgan", "wgan_gp") and pd.notna(la):
-            if la > 0:
-                name += f" + ℓ{int(pp) if pd.notna(pp) else 1}"
-                if with_lambda and la != 10:
-                    name += f" (λ={la:g})"
-            else:
-                name += " (pure)"
-        out.append(name)
-    return pd.Series(out, index=trials.index, dtype=object)
-
-
-def finite_or_none(value: Any) -> float | None:
-    """A float metric, or None when missing or not finite (NaN/inf never reach the tables)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None

@@ -1,15 +1,17 @@
-"""Validate a finished study afterwards, from each trial's last checkpoint.
+"""Validate a finished study afterwards, from each trial's selected model.
 
 :func:`validate_study` finds each trial's dataset (the study's ``spec.yaml`` names it; or pass
-``dataset``), loads the model from the row's ``checkpoint`` (``checkpoint.pt``) with
-:meth:`cryotune.nn.train.Trainer.load_checkpoint`, denoises the test split, validates it
-(:func:`cryotune.validate.study.validate_images`) and rewrites the row with the new columns
-(:meth:`cryotune.results.StudyStore.record_trial` replaces a row by trial id; every other
-column is kept). Rows without a model (baselines, errored trials) are left as they are.
+``dataset``), loads the model of the trial's best validation epoch (``best.pt`` beside the
+row's ``checkpoint``; a study without it, from before selection on validation, falls back to
+the last ``checkpoint.pt`` with a warning) with :meth:`cryotune.nn.train.Trainer.load_checkpoint`,
+denoises the test split, validates it (:func:`cryotune.validate.reference.validate_images`) and
+sets the row's validation columns, ``validated_epoch`` (the epoch of the model validated)
+included (:meth:`cryotune.study.store.StudyStore.update_trial`; every other column is kept).
+Rows without a model (baselines, errored trials) are left as they are.
 
 Example::
 
-    from cryotune.validate.runner import validate_study
+    from cryotune.runs.validate import validate_study
     for row in validate_study("studies/smoke", what=["fsc"]):
         print(row["trial_id"], row.get("fsc_res_0143_A"))
 """
@@ -23,52 +25,64 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
+from cryotune import vocab
+from cryotune._io import study_location
+from cryotune._lock import holding_lock
+from cryotune.data.store import open_dataset
 from cryotune.errors import BadInput
+from cryotune.nn.train import BEST_NAME, Trainer
+from cryotune.runs.sweep import prepare_datasets
+from cryotune.study.store import StudyStore, dataset_key
+from cryotune.study.tables import load_study
+from cryotune.sweep.spec import spec_from_mapping
+from cryotune.validate.record import REFERENCES, columns, record_references, record_trial_validation
+from cryotune.validate.reference import check_what, load_reference, validate_images
 
 log = logging.getLogger(__name__)
 
 __all__ = ["validate_study"]
 
 
-def _study_store(study: str):
-    from cryotune.results import StudyStore
-
-    text = str(study).rstrip("/")
-    root, name = text.rsplit("/", 1) if "/" in text else (".", text)
-    return StudyStore(root, name)
-
-
 def _dataset_paths(spec: dict | None) -> dict[str, Path]:
     if not spec:
         return {}
-    from cryotune.sweep.run import prepare_datasets
-    from cryotune.sweep.spec import spec_from_mapping
-
     raw = {k: v for k, v in spec.items() if k != "provenance"}
     datasets = prepare_datasets(spec_from_mapping(raw), create=False)
     return {d.key: d.path for d in datasets if d.manifest}
 
 
 def _load_trainer(uri: str, device: str):
-    import pyarrow.fs as pafs
-
-    from cryotune.nn.train import Trainer
-
     if "://" not in uri:
         return Trainer.load_checkpoint(uri, device=device)
     fs, path = pafs.FileSystem.from_uri(uri)
     with tempfile.TemporaryDirectory(prefix="cryotune-validate-") as folder:
-        local = Path(folder) / "checkpoint.pt"
+        local = Path(folder) / Path(path).name
         with fs.open_input_stream(path) as src:
             local.write_bytes(src.read())
         return Trainer.load_checkpoint(local, device=device)
+
+
+def _exists(uri: str) -> bool:
+    if "://" not in uri:
+        return Path(uri).is_file()
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def _model_uri(checkpoint: str) -> str | None:
+    """The trial's best validation epoch's checkpoint beside its last one, or None."""
+    best = f"{checkpoint.rsplit('/', 1)[0]}/{BEST_NAME}"
+    return best if _exists(best) else None
 
 
 def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def validate_study(study: str, *, what: Sequence[str] = ("fsc", "clustering"),
+@holding_lock("study", "cryotune validate")
+def validate_study(study: str, *, what: Sequence[str] = vocab.VALIDATIONS,
                    views: str = "cone", trials: Sequence[str] | None = None,
                    dataset: str | None = None, device: str = "auto") -> list[dict]:
     """Compute the validation columns of a study's trials and rewrite their rows.
@@ -88,19 +102,9 @@ def validate_study(study: str, *, what: Sequence[str] = ("fsc", "clustering"),
     Raises:
         BadInput: an unknown trial id or validation, or a dataset that cannot be located.
     """
-    from cryotune.data.store import open_dataset
-    from cryotune.results import dataset_key, load_study
-    from cryotune.validate.record import (
-        REFERENCES,
-        columns,
-        record_references,
-        record_trial_validation,
-    )
-    from cryotune.validate.study import check_what, load_reference, validate_images
-
     what = check_what(what, "--what")
     loaded = load_study(study)
-    store = _study_store(study)
+    store = StudyStore(*study_location(study))
     paths = _dataset_paths(next(iter(loaded.specs.values()), None))
     if dataset is not None:
         path = Path(dataset).expanduser().resolve()
@@ -112,7 +116,7 @@ def validate_study(study: str, *, what: Sequence[str] = ("fsc", "clustering"),
             raise BadInput(f"no trial {unknown[0]!r} in the study", study,
                            "list the trials with `cryotune query`")
         table = table[table["trial_id"].astype(str).isin(trials)]
-    references, out = {}, []
+    references, out, warned = {}, [], False
     recon_device = "cpu" if device == "auto" else device
     for row in table.to_dict("records"):
         checkpoint = row.get("checkpoint")
@@ -136,12 +140,17 @@ def validate_study(study: str, *, what: Sequence[str] = ("fsc", "clustering"),
             out += [{"trial_id": n, "config.method": n, **columns(results[n])}
                     for n in REFERENCES]
         ref = references[key]
-        trainer = _load_trainer(str(checkpoint), device)
+        model = _model_uri(str(checkpoint))
+        if model is None and not warned:
+            log.warning("%s has no %s (a study from before selection on validation): its trials "
+                        "without one are validated at their last epoch", study, BEST_NAME)
+            warned = True
+        trainer = _load_trainer(model or str(checkpoint), device)
         result = validate_images(ref, trainer.denoise(ref.noisy), what, views=views,
                                  device=recon_device)
-        updated = {k: v for k, v in row.items() if k != "study"}
-        updated.update(record_trial_validation(store, str(row["trial_id"]), result))
-        store.record_trial(updated)
-        out.append(updated)
+        result.scalars["validated_epoch"] = float(trainer.epoch)
+        out.append(store.update_trial(
+            str(row["trial_id"]),
+            validation=record_trial_validation(store, str(row["trial_id"]), result)))
         log.info("%s validated in %.1f s", row["trial_id"], result.scalars["validate_s"])
     return out

@@ -5,8 +5,7 @@
 simulated store the ground-truth volume of each conformation, rendered with
 :func:`cryotune.data.simulate.render_volume` at the dataset's pixel size and box and divided by
 ``max - min`` of the manifest's normalisation (the images are ``(projection - min) / (max -
-min)``; the ``- min`` offset is a constant per image, which only reaches the zero-frequency
-voxel, and the FSC skips that voxel). :func:`validate_images` then scores one stack of test
+min)``; the images are reconstructed with the ``- min`` offset taken off again, ``zero``). :func:`validate_images` then scores one stack of test
 images (clean, noisy, or a denoiser's output, in stored order):
 
 - ``fsc``: one reconstruction per conformation (all images together when conformations are
@@ -18,6 +17,15 @@ images (clean, noisy, or a denoiser's output, in stored order):
   ``fsc_half_res_05_A``. ``fsc_res_0143_A`` and ``fsc_res_05_A`` repeat the truth values when
   the dataset knows the truth (``fsc_vs_truth = 1``) and the half-map values otherwise
   (``fsc_vs_truth = 0``). A dataset without poses gives ``needs`` = "needs poses", no numbers.
+  ``fsc_n_images`` counts the images reconstructed (the half maps hold half each).
+- **Real data** (an ingested store whose references were projected from a map, ``cryotune
+  ingest --map``): there is no truth, so ``fsc_res_*`` are the half-map values, and the full
+  reconstruction is also correlated with the input map (masked and cropped as the references
+  were): ``fsc_map_res_0143_A``, ``fsc_map_res_05_A`` and the curve ``fsc_map_curve``. That FSC
+  is biased toward the map (the poses were refined against it and the references projected from
+  it), so it is no resolution estimate; the half-map FSC is. With ``--ctf none`` the references
+  (and so a denoiser's output) carry no CTF while the particles do: the noisy stack is then
+  reconstructed with its CTF and the others without (:func:`validate_images`'s ``ctf``).
 - ``clustering``: :func:`cryotune.validate.cluster.cluster_accuracy` (Isomap + k-means) on the
   images of the first and last conformation, ``cluster_acc``. With uniform random views the
   view, not the conformation, dominates the pixels: clean projections of the built-in
@@ -35,7 +43,7 @@ images (clean, noisy, or a denoiser's output, in stored order):
 
 Example::
 
-    from cryotune.validate.study import load_reference, validate_images
+    from cryotune.validate.reference import load_reference, validate_images
     ref = load_reference("data/sim-32")
     clean = validate_images(ref, ref.clean)
     noisy = validate_images(ref, ref.noisy)
@@ -52,14 +60,19 @@ from pathlib import Path
 
 import numpy as np
 
+from cryotune import vocab
+from cryotune.data.geometry import quaternion_to_matrix
+from cryotune.data.molecules import Atoms
+from cryotune.data.store import open_dataset
 from cryotune.errors import BadInput
+from cryotune.validate.cluster import cluster_accuracy, select_conformations
+from cryotune.validate.fsc import fsc, half_map_fsc, resolution
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VALIDATIONS", "Reference", "Validation", "load_reference", "validate_dataset",
+__all__ = ["Reference", "Validation", "load_reference", "validate_dataset",
            "validate_images"]
 
-VALIDATIONS = ("fsc", "clustering")
 NEEDS_POSES = "needs poses"
 
 
@@ -76,6 +89,9 @@ class Reference:
     shifts: np.ndarray | None
     ctf: dict | None  # reconstruct()'s ctf mapping, defocus per test image
     truth: dict[int, np.ndarray] = field(default_factory=dict)  # conformation -> volume
+    input_map: np.ndarray | None = None  # the map an ingested store's references came from
+    clean_ctf: bool = True  # whether the clean references (and denoised images) carry the CTF
+    zero: float = 0.0  # the stored value of an unnormalised 0, -min / (max - min)
 
 
 @dataclass
@@ -88,12 +104,12 @@ class Validation:
 
 
 def check_what(what: Sequence[str], where: str = "validate") -> tuple[str, ...]:
-    """The validations asked for, checked against :data:`VALIDATIONS`."""
+    """The validations asked for, checked against :data:`cryotune.vocab.VALIDATIONS`."""
     out = tuple(dict.fromkeys(w.strip() for w in what if w.strip()))
-    bad = [w for w in out if w not in VALIDATIONS]
+    bad = [w for w in out if w not in vocab.VALIDATIONS]
     if bad:
         raise BadInput(f"unknown validation {bad[0]!r}", where,
-                       f"use {' and/or '.join(VALIDATIONS)}")
+                       f"use {' and/or '.join(vocab.VALIDATIONS)}")
     return out
 
 
@@ -107,10 +123,7 @@ def load_reference(path: str | Path, *, limit: int | None = None) -> Reference:
     Returns:
         The :class:`Reference`; ``rotations`` is None when any test pose is unknown.
     """
-    from cryotune.data.geometry import quaternion_to_matrix
-    from cryotune.data.molecules import Atoms
-    from cryotune.data.simulate import render_volume
-    from cryotune.data.store import open_dataset
+    from cryotune.data.simulate import render_volume  # torch: only to load a reference
 
     ds = open_dataset(path, verify=False)
     columns = ["id", "clean", "noisy", "conformation", "rotation", "shift"]
@@ -136,10 +149,40 @@ def load_reference(path: str | Path, *, limit: int | None = None) -> Reference:
         for k, file in enumerate(f for f in files if f.suffix == ".npz"):
             atoms = Atoms.from_npz(file)
             truth[k] = render_volume(atoms, ds.image_shape[0], ds.pixel_size) * np.float32(scale)
+    refs = ds.manifest.get("references") or {}
+    zero = -float(norm["min"]) / (float(norm["max"]) - float(norm["min"])) if {
+        "min", "max"} <= set(norm) else 0.0
     return Reference(pixel_size=ds.pixel_size, ids=np.asarray(test["id"]),
                      clean=np.array(test["clean"]), noisy=np.array(test["noisy"]),  # writable
                      conformation=np.asarray(test["conformation"]), rotations=rotations,
-                     shifts=shifts, ctf=ctf_map, truth=truth)
+                     shifts=shifts, ctf=ctf_map, truth=truth,
+                     input_map=_input_map(ds.manifest, ds.image_shape[0]) if posed else None,
+                     clean_ctf=refs.get("source") != "map" or refs.get("ctf") != "none",
+                     zero=zero)
+
+
+def _input_map(manifest: dict, size: int) -> np.ndarray | None:
+    """The map an ingested store's references were projected from, masked and cropped as they
+    were; None for other stores, or (with a warning) when the file is gone."""
+    from cryotune.data.project import read_map
+
+    refs = manifest.get("references") or {}
+    if refs.get("source") != "map" or not refs.get("map"):
+        return None
+    try:
+        volume, _ = read_map(refs["map"])
+        if refs.get("mask"):
+            volume = volume * read_map(refs["mask"], what="mask")[0]
+    except BadInput as err:
+        log.warning("no FSC against the input map: %s", err)
+        return None
+    n = volume.shape[0]
+    if n < size:
+        log.warning("no FSC against the input map: its box %d is smaller than the images' %d",
+                    n, size)
+        return None
+    lo = n // 2 - size // 2  # ingest's --crop keeps the central pixels about n // 2
+    return volume[lo:lo + size, lo:lo + size, lo:lo + size]
 
 
 def _rows_ctf(ref: Reference, rows: np.ndarray):
@@ -148,18 +191,23 @@ def _rows_ctf(ref: Reference, rows: np.ndarray):
     return shifts, ctf
 
 
-def _fsc(ref: Reference, images: np.ndarray, seed: int, device: str) -> tuple[dict, dict]:
-    from cryotune.validate.fsc import fsc, half_map_fsc, resolution
-    from cryotune.validate.reconstruct import reconstruct
+def _fsc(ref: Reference, images: np.ndarray, seed: int, device: str,
+         with_ctf: bool = True) -> tuple[dict, dict]:
+    from cryotune.validate.reconstruct import reconstruct  # torch: only to reconstruct
 
+    # the normalisation's offset is constant over the box, not over the padded box the
+    # reconstruction transforms: left in, it leaks into the lowest shells (CTF-modulated
+    # references have a minimum well below 0)
+    images = images - np.float32(ref.zero)
     groups = sorted(set(ref.conformation.tolist()) - {-1}) or [-1]
-    curves: dict[str, list] = {"truth": [], "half": []}
+    curves: dict[str, list] = {"truth": [], "half": [], "map": []}
     weights, volumes = [], {}
     for k in groups:
         rows = np.nonzero(ref.conformation == k)[0] if k >= 0 else np.arange(len(images))
         if len(rows) < 4:
             continue
         shifts, ctf = _rows_ctf(ref, rows)
+        ctf = ctf if with_ctf else None
         half = half_map_fsc(images[rows], ref.rotations[rows], ref.ids[rows],
                             pixel_size=ref.pixel_size, seed=seed, shifts_px=shifts, ctf=ctf,
                             device=device)
@@ -170,6 +218,8 @@ def _fsc(ref: Reference, images: np.ndarray, seed: int, device: str) -> tuple[di
         volumes[k] = volume
         if k in ref.truth:
             curves["truth"].append(fsc(volume, ref.truth[k])[1])
+        if ref.input_map is not None:
+            curves["map"].append(fsc(volume, ref.input_map)[1])
     if not weights:
         raise BadInput("no conformation has 4 test images to reconstruct", "test split",
                        "validate on a dataset with more test images")
@@ -187,6 +237,7 @@ def _fsc(ref: Reference, images: np.ndarray, seed: int, device: str) -> tuple[di
     scalars["fsc_res_0143_A"] = scalars[f"fsc_{source}_res_0143_A"]
     scalars["fsc_res_05_A"] = scalars[f"fsc_{source}_res_05_A"]
     scalars["fsc_vs_truth"] = int(source == "truth")
+    scalars["fsc_n_images"] = int(sum(weights))
     k = max(volumes, key=lambda c: int(np.sum(ref.conformation == c)) if c >= 0 else 0)
     v = volumes[k]
     c = n // 2
@@ -237,8 +288,6 @@ def _align_in_plane(images: np.ndarray, rotations: np.ndarray, axis: np.ndarray)
 
 def _clustering(ref: Reference, images: np.ndarray, views: str, cone_deg: float,
                 min_cone: int, seed: int) -> tuple[dict, dict]:
-    from cryotune.validate.cluster import cluster_accuracy, select_conformations
-
     rows = select_conformations(ref.conformation)
     labels = ref.conformation[rows]
     scalars, arrays = {}, {}
@@ -265,10 +314,10 @@ def _neighbours(n: int) -> int:
     return max(3, min(10, n // 4))
 
 
-def validate_images(ref: Reference, images: np.ndarray, what: Sequence[str] = VALIDATIONS, *,
+def validate_images(ref: Reference, images: np.ndarray, what: Sequence[str] = vocab.VALIDATIONS, *,
                     views: str = "cone", cone_deg: float = 30.0, min_cone: int = 20,
-                    seed: int = 0,
-                    device: str = "cpu") -> Validation:
+                    seed: int = 0, device: str = "cpu",
+                    ctf: bool | None = None) -> Validation:
     """Score one stack of test images (in the reference's order) by FSC and clustering.
 
     Args:
@@ -280,6 +329,9 @@ def validate_images(ref: Reference, images: np.ndarray, what: Sequence[str] = VA
         min_cone: the fewest images in the cone (it widens to hold them).
         seed: half-map split, embedding and k-means seed.
         device: the reconstruction's device (``cpu``; ``auto`` uses CUDA when present).
+        ctf: whether the images carry the dataset's CTF (reconstructed with it when so). None:
+            ``ref.noisy`` itself does, other stacks (clean, denoised) as the clean references
+            do (``ref.clean_ctf``: all but a ``--ctf none`` projection of a map).
 
     Returns:
         A :class:`Validation`; ``needs`` says what the dataset lacks for an asked validation.
@@ -287,6 +339,7 @@ def validate_images(ref: Reference, images: np.ndarray, what: Sequence[str] = VA
     what = check_what(what)
     if views not in ("cone", "all"):
         raise BadInput(f"unknown view selection {views!r}", "views", "use cone or all")
+    with_ctf = ctf if ctf is not None else (images is ref.noisy or ref.clean_ctf)
     images = np.asarray(images, dtype=np.float32)
     if images.shape != ref.clean.shape:
         raise BadInput(f"images {images.shape} do not match the test split {ref.clean.shape}",
@@ -297,7 +350,7 @@ def validate_images(ref: Reference, images: np.ndarray, what: Sequence[str] = VA
         if ref.rotations is None:
             needs.append(NEEDS_POSES)
         else:
-            s, a = _fsc(ref, images, seed, device)
+            s, a = _fsc(ref, images, seed, device, with_ctf)
             scalars.update(s)
             arrays.update(a)
     if "clustering" in what:
@@ -313,7 +366,7 @@ def validate_images(ref: Reference, images: np.ndarray, what: Sequence[str] = VA
 
 
 def validate_dataset(path: str | Path, denoise: Callable[[np.ndarray], np.ndarray] | None = None,
-                     what: Sequence[str] = VALIDATIONS, **kwargs) -> dict[str, Validation]:
+                     what: Sequence[str] = vocab.VALIDATIONS, **kwargs) -> dict[str, Validation]:
     """Validate the clean and noisy test images, and a denoiser's output when given.
 
     Args:

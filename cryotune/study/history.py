@@ -25,8 +25,8 @@ Example::
 
 from __future__ import annotations
 
+import io
 import re
-import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from cryotune._io import atomic_write
 from cryotune.errors import BadInput
 
 __all__ = ["HISTORY_ROW_GROUP", "SEQ", "compact", "history_files", "last_seq", "part_name",
@@ -137,12 +138,9 @@ def compact(fs: pafs.FileSystem, folder: str, seq: int,
     table, files = merged
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **(metadata or {})})
     target = f"{folder}/compacted-{seq:012d}.parquet"
-    local = isinstance(fs, pafs.LocalFileSystem)
-    tmp = f"{folder}/.{uuid.uuid4().hex}.compacting.tmp" if local else target
-    with fs.open_output_stream(tmp) as out:
-        pq.write_table(table, out, row_group_size=HISTORY_ROW_GROUP)
-    if local:
-        fs.move(tmp, target)
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=HISTORY_ROW_GROUP)
+    atomic_write(target, sink.getvalue(), fs=fs)
     for path in files:
         if path != target:
             _delete(fs, path)

@@ -6,7 +6,7 @@ put them in the same tables.
 
 Example::
 
-    from cryotune.baselines.runner import run_baselines
+    from cryotune.runs.baselines import run_baselines
     run_baselines("data/rnap-32", "studies/table1", methods=["nlm", "ksvd", "cwf"])
 """
 
@@ -18,6 +18,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from cryotune._io import study_location
+from cryotune._lock import holding_lock
+from cryotune._ray import init_ray
+from cryotune.baselines import make_baseline, sigma_from_stats
+from cryotune.data.store import open_dataset
+from cryotune.nn import metrics
+from cryotune.study.store import StudyStore, dataset_key
+from cryotune.validate.record import REFERENCES, record_references, record_trial_validation
+from cryotune.validate.reference import check_what, load_reference, validate_images
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +37,6 @@ __all__ = ["run_baselines", "score"]
 
 def score(denoised: np.ndarray, clean: np.ndarray) -> dict[str, float]:
     """test_mse/psnr/ssim means and (population) stds over images, as the trainer reports."""
-    import torch
-
-    from cryotune.nn import metrics
-
     out, ref = torch.from_numpy(np.ascontiguousarray(denoised, np.float32)), torch.from_numpy(
         np.ascontiguousarray(clean, np.float32))
     values = {"test_mse": metrics.mse(out, ref), "test_psnr": metrics.psnr(out, ref),
@@ -45,20 +52,17 @@ def score(denoised: np.ndarray, clean: np.ndarray) -> dict[str, float]:
 
 def _run_one(name: str, noisy: np.ndarray, clean: np.ndarray, sigma: float, gallery: int,
              reference=None, validate: tuple[str, ...] = ()) -> dict:
-    from cryotune.baselines import make_baseline
-
     start = time.perf_counter()
     denoised = make_baseline(name).denoise(noisy, sigma=sigma)
     wall = time.perf_counter() - start
     result = score(denoised, clean)
     out = {"metrics": result, "wall_s": wall, "gallery": denoised[:gallery].astype(np.float32)}
     if validate:
-        from cryotune.validate.study import validate_images
-
         out["validation"] = validate_images(reference, denoised, validate)
     return out
 
 
+@holding_lock("study", "cryotune baselines")
 def run_baselines(
     dataset_path: str | Path,
     study: str | Path,
@@ -79,43 +83,31 @@ def run_baselines(
         limit: evaluate only the first ``limit`` test images (for quick looks).
         address: a Ray cluster to run on (default: embedded Ray).
         validate: any of ``fsc`` and ``clustering``: the same validation columns as a sweep's
-            trials (:mod:`cryotune.validate.study`), and the clean and noisy references.
+            trials (:mod:`cryotune.validate.reference`), and the clean and noisy references.
 
     Returns:
         The recorded rows.
     """
-    from cryotune.baselines import make_baseline, sigma_from_stats
-    from cryotune.data.store import open_dataset
-    from cryotune.results import StudyStore, dataset_key
-
     for m in methods:  # an unknown name or a missing optional extra fails before any work
         make_baseline(m, path="--methods")
-    from cryotune.validate.study import check_what
-
     validate = check_what(validate, "--validate")
     ds = open_dataset(dataset_path)
     n = ds.count("test") if limit is None else min(limit, ds.count("test"))
     test = ds.read("test", ["noisy", "clean"], stop=n)
     sigma = sigma_from_stats(ds.stats())
     key = dataset_key(ds.manifest)
-    root, name = str(study).rstrip("/").rsplit("/", 1) if "/" in str(study).rstrip("/") else (".", str(study))
-    store = StudyStore(root, name)
+    store = StudyStore(*study_location(study))
     store.write_dataset(key, ds.manifest, {
         "gallery_clean": test["clean"][:gallery], "gallery_noisy": test["noisy"][:gallery]})
 
     reference = None
     if validate:
-        from cryotune.validate.record import REFERENCES, record_references
-        from cryotune.validate.study import load_reference, validate_images
-
         reference = load_reference(dataset_path, limit=n)
         record_references(store, key, ds.manifest, {
             r: validate_images(reference, getattr(reference, r), validate) for r in REFERENCES})
 
-    from cryotune._ray import init_ray
-
     init_ray(address)
-    import ray
+    import ray  # after init_ray has set the environment Ray reads when imported
 
     task = ray.remote(num_cpus=1)(_run_one)
     noisy_ref, clean_ref = ray.put(test["noisy"]), ray.put(test["clean"])
@@ -139,9 +131,8 @@ def run_baselines(
             store.write_array(row["trial_id"], "gallery", result["gallery"])
             row.update(status="finished", metrics=result["metrics"], wall_s=result["wall_s"])
             if "validation" in result:
-                from cryotune.validate.record import record_trial_validation
-
-                row.update(record_trial_validation(store, row["trial_id"], result["validation"]))
+                row["validation"] = record_trial_validation(store, row["trial_id"],
+                                                            result["validation"])
             log.info("%s: test MSE %.3e (%.1f s)", method, result["metrics"]["test_mse"], result["wall_s"])
         store.record_trial(row)
         rows.append(row)

@@ -7,13 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cryotune.report.figures import Series, line_chart, png_data_uri
+from cryotune import vocab
+from cryotune.report.charts import Series, line_chart, png_data_uri
 from cryotune.report.html import esc, fmt, missing, table
-from cryotune.report.tables import GAN_METHODS, aggregate, at_reference_lambda, usable
-from cryotune.results import Study
-
-TYPES = {"A": "type A: reference replaced", "B": "type B: noisy image replaced",
-         "C": "type C: both replaced"}
+from cryotune.report.tables import aggregate, at_reference_lambda, usable
+from cryotune.study.tables import Study
 
 
 def _robust_frame(t: pd.DataFrame) -> pd.DataFrame:
@@ -25,11 +23,12 @@ def _robust_frame(t: pd.DataFrame) -> pd.DataFrame:
     u = usable(t)
     if u.empty:
         return u
-    u = at_reference_lambda(u[u["config.method"].isin(("l1_ae", "l2_ae") + GAN_METHODS)])
+    u = at_reference_lambda(u[u["config.method"].isin(vocab.METHOD_NAMES)])
     contaminated = set(zip(u.loc[u["eps"] > 0, "snr"].fillna(-1.0), u.loc[u["eps"] > 0, "label"], strict=True))
-    u = u[[(s, lab) in contaminated for s, lab in zip(u["snr"].fillna(-1.0), u["label"], strict=True)]]
+    keep = [(s, lab) in contaminated for s, lab in zip(u["snr"].fillna(-1.0), u["label"], strict=True)]
+    u = u[np.array(keep, dtype=bool)]  # a list would select columns when it is empty
     clean = u[u["eps"] == 0]
-    parts = [u[u["eps"] > 0]] + [clean.assign(ctype=c) for c in TYPES]
+    parts = [u[u["eps"] > 0]] + [clean.assign(ctype=c) for c in vocab.CONTAMINATION_TYPES]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -40,7 +39,8 @@ def fig5(t: pd.DataFrame) -> str:
                        "(search_spaces/paper-fig5-robustness.yaml).")
     charts = []
     for snr, by_snr in r.groupby("snr", dropna=False):
-        for ctype, title in TYPES.items():
+        for ctype, meaning in vocab.CONTAMINATION_TYPES.items():
+            title = f"type {ctype}: {meaning}"
             sub = by_snr[by_snr["ctype"] == ctype]
             if sub["eps"].nunique() < 2:
                 continue
@@ -60,7 +60,7 @@ def fig2(study: Study, t: pd.DataFrame) -> str:
     hist = study.history
     if hist.empty or "test_mse" not in hist:
         return missing("No per-epoch history in the studies.")
-    trials = t[(t["eps"] == 0) & t["config.method"].isin(GAN_METHODS + ("l1_ae", "l2_ae"))]
+    trials = t[(t["eps"] == 0) & t["config.method"].isin(vocab.METHOD_NAMES)]
     if trials.empty:
         return missing("No learned-method trials at eps = 0 with history.")
     pure = trials[trials["lam"] == 0]
