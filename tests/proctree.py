@@ -48,3 +48,48 @@ def alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     fields = _stat(pid)
     return fields is not None and fields[0] != "Z"
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    out = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                out.add(int(target[8:-1]))
+    except OSError:
+        pass
+    return out
+
+
+def _address(hex_addr: str) -> tuple[str, int]:
+    import ipaddress
+
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    # /proc/net/tcp* prints each 32-bit word of the address in host (little-endian) order
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(raw)
+    ip = getattr(ip, "ipv4_mapped", None) or ip  # ::ffff:127.0.0.1 is 127.0.0.1
+    return str(ip), int(port, 16)
+
+
+def listening(pids) -> list[tuple[str, int, int]]:
+    """``(address, port, pid)`` of every TCP socket in LISTEN state held by one of ``pids``,
+    read from /proc/net/tcp and /proc/net/tcp6 (no psutil, no ss)."""
+    owner = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[9]) in owner:  # 0A: TCP_LISTEN
+                address, port = _address(fields[1])
+                out.append((address, port, owner[int(fields[9])]))
+    return sorted(set(out))

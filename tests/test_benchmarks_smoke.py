@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryotune.results import load_study
-from cryotune.study_store import StudyStore
+from cryotune.study.store import StudyStore
+from cryotune.study.tables import load_study
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -77,7 +77,8 @@ def test_common_record_and_reports(scripts, tmp_path, capsys):
 @pytest.mark.parametrize("name, record", [
     ("simulate_throughput", "simulate"), ("reconstruct_throughput", "reconstruct"),
     ("baselines_throughput", "baselines"), ("train_throughput", "train_throughput"),
-    ("sweep_efficiency", "sweep_efficiency")])
+    ("sweep_efficiency", "sweep_efficiency"), ("project_throughput", "project"),
+    ("selection_gap", "selection_gap")])
 def test_sections_render_from_the_committed_records(scripts, name, record):
     """Each script's section renders from its last full run and replaces its own markers."""
     reports = BENCHMARKS.parent / "reports" / "benchmarks"
@@ -113,6 +114,17 @@ def test_sweep_efficiency_smoke(scripts, capsys, ray_session):
     lo, hi = r["until_found_range"]  # 1 epoch: the first trial to end is a full-length one
     assert 1 <= lo <= r["until_found_trial_epochs"] <= hi <= r["asha_trial_epochs"]
     assert report["replay"]["total"]["mean"] == 1.0 and report["replay"]["found_share"] == 1.0
+
+
+def test_selection_gap_smoke(scripts, capsys, ray_session):
+    report = run_smoke(scripts, "selection_gap", capsys)
+    r = report["results"]
+    assert r["trials"] == 2 and r["recorded_best_epoch_agrees"]  # the study's own picks
+    assert set(r["rules"]) == {"robust", "oracle", "mean"}
+    for rule in r["rules"].values():
+        assert rule["trials"] == 2 and rule["config"] in r["configs"]
+        assert rule["test_mse_given_up_mean"] >= 0  # the truth's epoch has the lowest test MSE
+    assert "| robust: val_mse_median" in scripts("selection_gap").markdown(report)
 
 
 def test_sweep_replay_runs_rays_asha(scripts):
@@ -151,3 +163,12 @@ def test_trainer_overhead_smoke(scripts, capsys, ray_session):
     for clock in ("wall", "cpu"):
         assert r[f"ratio_{clock}"] == pytest.approx(
             r[f"trial_images_per_s_{clock}"] / r[f"bare_images_per_s_{clock}"], rel=1e-2)
+
+
+def test_project_throughput_smoke(scripts, capsys):
+    report = run_smoke(scripts, "project_throughput", capsys)
+    assert [r["size"] for r in report["results"]] == [32, 48]
+    assert all(r["projections_per_s_cpu"] > 0 for r in report["results"])
+    streams = report["streamed"]
+    assert [r["particles"] for r in streams] == [40, 160]
+    assert all(r["peak_rss_mb"] > 0 for r in streams)

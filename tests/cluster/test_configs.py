@@ -21,7 +21,7 @@ import ray
 import yaml
 
 from cryotune.cli import build_parser
-from cryotune.sweep.space import fit_resources
+from cryotune.sweep.resources import fit_resources
 from cryotune.sweep.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from localcluster import RAY, LocalCluster
 
-from cryotune.results import load_study
+from cryotune.study.tables import load_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from localcluster import LocalCluster
 
-from cryotune.results import load_study
+from cryotune.study.tables import load_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

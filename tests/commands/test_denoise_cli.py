@@ -82,8 +82,7 @@ def test_star_round_trip_keeps_columns_and_order(run, model, tmp_path):
                            "rlnImagePixelSize": [2.2], "rlnVoltage": [300.0]})
     src = tmp_path / "run_data.star"
     starfile.write({"optics": optics, "particles": particles}, src)
-    out = tmp_path / "den" / "denoised.star"
-    out.parent.mkdir()
+    out = tmp_path / "den" / "deeper" / "denoised.star"  # missing folders are created
     assert run("--model", path, "--input", src, "--output", out, "--batch-size", 3) == 0
 
     written = starfile.read(out)
@@ -156,3 +155,57 @@ def test_help_examples_parse():
         assert argv[:2] == ["cryotune", "denoise"]
         args = parser.parse_args(argv[1:])
         assert args.model and args.input and args.output
+
+
+def _two_models(model, tmp_path):
+    """The fixture's model and the same trained one epoch further (distinct outputs)."""
+    path, _ = model
+    later = Trainer.load_checkpoint(path)
+    x = torch.from_numpy(np.random.default_rng(5).random((40, 1, SIZE, SIZE), dtype=np.float32))
+    later.train_epoch(zip((x + 0.1).split(20), x.split(20), strict=True))
+    later_path = tmp_path / "later.pt"
+    later.save_checkpoint(later_path)
+    return path, later_path
+
+
+def test_a_study_applies_its_best_trial_at_its_best_validation_epoch(run, model, tmp_path, caplog,
+                                                                     capsys):
+    import shutil
+
+    from cryotune.study.store import StudyStore
+
+    first, later = _two_models(model, tmp_path)
+    store = StudyStore(tmp_path / "studies", "s")
+    for tid, score, test, best in (("a", 0.01, 0.009, first), ("b", 0.02, 0.001, later)):
+        folder = tmp_path / "ckpt" / tid
+        folder.mkdir(parents=True)
+        shutil.copy(later, folder / "checkpoint.pt")   # the last epoch
+        shutil.copy(best, folder / "best.pt")          # the best validation epoch
+        store.record_trial({"trial_id": tid, "status": "finished",
+                            "checkpoint": str(folder / "checkpoint.pt"), "best_epoch": 1,
+                            "select_metric": "val_mse_median", "select_score": score,
+                            "test_mse_at_best": test, "noisy_test_mse": 0.1,
+                            "metrics": {"test_mse": test}})
+    src = _write_mrcs(tmp_path / "in.mrcs", _images(6, 2), 1.0)
+    out = tmp_path / "out.mrcs"
+    assert run("--model", tmp_path / "studies" / "s", "--input", src, "--output", out,
+               "--device", "cpu") == 0
+    with mrcfile.open(out) as m:  # trial a (validation), at its best.pt (not its last, b's)
+        np.testing.assert_allclose(m.data, Trainer.load_checkpoint(first).denoise(_images(6, 2)),
+                                   atol=1e-6)
+        assert not np.allclose(m.data, Trainer.load_checkpoint(later).denoise(_images(6, 2)))
+
+    # a study recorded before validation selection: no trial is chosen; a named one applies
+    # its last checkpoint, with a warning
+    (tmp_path / "ckpt" / "a" / "best.pt").unlink()
+    old = StudyStore(tmp_path / "studies", "old")
+    old.record_trial({"trial_id": "a", "status": "finished", "metrics": {"test_mse": 0.001},
+                      "checkpoint": str(tmp_path / "ckpt" / "a" / "checkpoint.pt")})
+    assert run("--model", tmp_path / "studies" / "old", "--input", src, "--output", out) == 2
+    assert "predates validation selection; no trial is selected" in capsys.readouterr().err
+    assert run("--model", tmp_path / "studies" / "old", "--trial", "a", "--input", src,
+               "--output", out, "--device", "cpu") == 0
+    assert "has no best.pt" in caplog.text
+    with mrcfile.open(out) as m:
+        np.testing.assert_allclose(m.data, Trainer.load_checkpoint(later).denoise(_images(6, 2)),
+                                   atol=1e-6)

@@ -21,11 +21,12 @@ def run(monkeypatch):
 def store(tmp_path_factory):
     rng = np.random.default_rng(0)
     out = tmp_path_factory.mktemp("inspect") / "toy"
-    clean = rng.random((50, 16, 16), dtype=np.float32)
+    clean = rng.random((54, 16, 16), dtype=np.float32)
     with DatasetWriter(out, name="toy", kind="simulated", image_shape=(16, 16), pixel_size=2.5,
                        formats=("parquet", "mrc"), shard_rows=16, command="cryotune simulate toy") as w:
         w.add("train", id=np.arange(40), clean=clean[:40], noisy=clean[:40] + 1)
-        w.add("test", id=np.arange(40, 50), clean=clean[40:], noisy=clean[40:] + 1)
+        w.add("test", id=np.arange(40, 50), clean=clean[40:50], noisy=clean[40:50] + 1)
+        w.add("val", id=np.arange(50, 54), clean=clean[50:], noisy=clean[50:] + 1)
         w.commit(snr=0.1, snr_measured=0.0987)
     return out
 
@@ -35,6 +36,7 @@ def test_summary_only(run, store, capsys):
     out = capsys.readouterr().out
     for text in ("toy (simulated)", "16 x 16 px, 2.5 A/px, float32", "target 0.1, measured 0.0987",
                  "train       40 images in 3 shard(s) of <= 16 rows", "test        10 images in 1 shard(s)",
+                 "val         4 images in 1 shard(s)",
                  "formats     parquet, mrc", "command     cryotune simulate toy"):
         assert text in out
     assert "pipeline" not in out

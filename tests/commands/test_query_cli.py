@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cryotune import cli
-from cryotune.results import StudyStore
+from cryotune.study.store import StudyStore
 
 
 @pytest.fixture

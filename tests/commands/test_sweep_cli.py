@@ -16,7 +16,7 @@ import yaml
 from proctree import alive, descendants, session_members
 
 from cryotune import cli
-from cryotune.results import load_study
+from cryotune.study.tables import load_study
 from cryotune.sweep.space import trial_configs
 from cryotune.sweep.spec import load_spec
 
@@ -170,3 +170,15 @@ def test_a_killed_driver_resumes_without_duplicates(run, tmp_path, toy_store):
     assert not history.duplicated(["trial_id", "epoch"]).any()
     assert (history.groupby("trial_id")["epoch"].apply(list) == pd.Series([[1, 2, 3]] * 4,
             index=sorted(trials.index))).all()
+
+
+def test_the_live_line_names_the_selection_score(tmp_path):
+    from cryotune.commands.sweep import LiveView
+    from cryotune.study.store import StudyStore
+    from cryotune.sweep.recorder import Session
+
+    session = Session(StudyStore(tmp_path, "s"), metric="val_mse_median", mode="min", epochs=2,
+                      total=2)
+    session.progress.best = (0.001908, "trial_00000", {"method": "l1_ae", "seed": 0})
+    line = LiveView()._status_line(session.progress)
+    assert "| best val_mse_median 0.001908 (ℓ1-AE seed 0) |" in line, line

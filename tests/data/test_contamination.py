@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from cryotune.data.contamination import TYPES, contaminate, contaminated_mask
+from cryotune.data.contamination import contaminate, contaminated_mask
 from cryotune.errors import BadConfig
 
 STATS = {"clean_mean": 0.3, "clean_var": 0.04, "noisy_mean": -0.2, "noisy_var": 2.5}
@@ -104,4 +104,16 @@ def test_bad_config(eps, kind, match):
     noisy, clean = pairs(2)
     with pytest.raises(BadConfig, match=match):
         contaminate(noisy, clean, np.arange(2), eps=eps, kind=kind, seed=0, stats=STATS)
-    assert set(TYPES) == {"none", "A", "B", "C"}
+
+
+def test_holdout_mask_is_nested_seed_free_and_not_the_contaminated_set():
+    from cryotune.data.contamination import holdout_mask
+
+    ids = np.arange(20_000)
+    small, large = holdout_mask(ids, 0.1), holdout_mask(ids, 0.2)
+    assert abs(small.mean() - 0.1) < 0.01 and not (small & ~large).any()
+    shuffled = np.random.default_rng(0).permutation(ids)
+    assert np.array_equal(holdout_mask(shuffled, 0.1), small[shuffled])  # per id, any order
+    for seed in (0, 1, 7):  # not the contaminated set of any trial seed: independent of it
+        both = (small & contaminated_mask(ids, 0.1, seed)).mean()
+        assert abs(both - 0.01) < 0.004

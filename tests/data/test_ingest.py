@@ -29,12 +29,12 @@ def pair(tmp_path, n=N, size=SIZE, seed=0, clean_voxel=1.5, noisy_voxel=1.5, nam
 
 
 def read_all(path):
-    """Both splits merged and sorted by id, plus the dataset."""
+    """The splits merged and sorted by id, plus the dataset and the test ids."""
     ds = open_dataset(path)
-    parts = [ds.read(s) for s in ("train", "test")]
+    parts = [ds.read(s) for s in ("train", "val", "test")]
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(merged["id"])
-    return ds, {k: v[order] for k, v in merged.items()}, parts[1]["id"]
+    return ds, {k: v[order] for k, v in merged.items()}, parts[2]["id"]
 
 
 def expected(noisy, clean, crop=None):
@@ -62,7 +62,8 @@ def test_mrc_pairs_normalised_and_split(tmp_path, fmt):
     np.testing.assert_allclose(rows["clean"], want_clean, atol=2e-6)
     np.testing.assert_allclose(rows["noisy"], want_noisy, atol=2e-6)
     assert rows["clean"].min() == 0.0 and rows["clean"].max() == pytest.approx(1.0, abs=1e-6)
-    assert len(test_ids) == 2 and ds.count("train") == N - 2  # round(40 * 0.05)
+    assert len(test_ids) == 2 and ds.count("val") == 4  # round(40 * 0.05), round(38 * 0.1)
+    assert ds.count("train") == N - 6 and ds.manifest["splits"]["val"]["count"] == 4
     assert np.isnan(rows["rotation"]).all() and not rows["shift"].any()
     m = ds.manifest
     assert m["kind"] == "ingested" and m["has_poses"] is False and m["ctf"] is None
@@ -209,7 +210,7 @@ def test_mislabelled_stacks_and_the_stack_override(tmp_path):
                pixel_size=2.0)
     out = ingest(tmp_path / "ds", particles=tmp_path / "p.mrc", references=tmp_path / "c.mrc",
                  pixel_size=2.0, force_stack=True)
-    assert open_dataset(out).count("train") + open_dataset(out).count("test") == 16
+    assert sum(open_dataset(out).count(s) for s in ("train", "val", "test")) == 16
 
 
 def test_overwrite_replaces(tmp_path):
@@ -301,11 +302,12 @@ def _peak_memory(tmp_path, n, rows, size=32):
 
 
 def test_memory_stays_bounded_by_the_shard_size(tmp_path):
-    rows, small, large = 50, 300, 2500
+    # small fills every split's shard buffer (train, val, test) at least once, as large does
+    rows, small, large = 50, 1000, 4000
     _peak_memory(tmp_path, 100, rows)  # first use: imports and caches
     grown = _peak_memory(tmp_path, large, rows) - _peak_memory(tmp_path, small, rows)
     extra_stack_bytes = 2 * (large - small) * 32 * 32 * 4  # particles and references
-    # eight times the images, about the same peak: only per-shard bookkeeping grows
+    # four times the images, about the same peak: only per-shard bookkeeping grows
     assert grown < 0.05 * extra_stack_bytes, (grown, extra_stack_bytes)
 
 
@@ -316,3 +318,20 @@ def test_open_images_picks_the_reader_by_extension(tmp_path):
         assert star.shape == (2, SIZE, SIZE) and stack.shape == (N, SIZE, SIZE)
         np.testing.assert_array_equal(star.read(), noisy[[2, 0]])
         assert star.describe(0).endswith("row 1 (3@" + str(p) + ")")
+
+
+def test_val_split_comes_from_the_training_pairs_and_leaves_the_test_split(tmp_path):
+    p, c, _, _ = pair(tmp_path)
+    split = {}
+    for fraction in (0.0, 0.25):
+        ds = open_dataset(ingest(tmp_path / f"ds{fraction}", particles=p, references=c, seed=2,
+                                 test_fraction=0.1, val_fraction=fraction))
+        split[fraction] = {s: ds.read(s, ["id"])["id"] for s in ("train", "val", "test")}
+        assert ds.manifest["source"]["val_fraction"] == fraction
+    assert np.array_equal(split[0.0]["test"], split[0.25]["test"])  # the test split stays
+    assert len(split[0.0]["val"]) == 0 and len(split[0.25]["val"]) == 9  # round(36 * 0.25)
+    assert set(split[0.25]["val"]) | set(split[0.25]["train"]) == set(split[0.0]["train"])
+    assert not set(split[0.25]["val"]) & set(split[0.25]["train"])
+    with pytest.raises(BadInput, match="--val-fraction"):
+        ingest(tmp_path / "bad", particles=p, references=c, val_fraction=1.0)
+    assert not (tmp_path / "bad").exists()

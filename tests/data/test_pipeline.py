@@ -13,7 +13,7 @@ from cryotune.data.store import DatasetWriter, open_dataset
 from cryotune.errors import BadConfig, BadInput, ChecksumMismatch
 
 SHAPE = (16, 16)
-N_TRAIN, N_TEST = 90, 10
+N_TRAIN, N_TEST, N_VAL = 90, 10, 12
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +28,10 @@ def store(tmp_path_factory):
         w.add("train", id=ids[:N_TRAIN], clean=clean[:N_TRAIN], noisy=noisy[:N_TRAIN])
         w.add("test", id=ids[N_TRAIN:], clean=clean[N_TRAIN:], noisy=noisy[N_TRAIN:],
               conformation=np.arange(N_TEST), rotation=rng.standard_normal((N_TEST, 4)))
+        val_clean = rng.random((N_VAL, *SHAPE), dtype=np.float32)
+        val_ids = np.setdiff1d(np.arange(1000), ids)[::7][:N_VAL]  # unique across the dataset
+        w.add("val", id=val_ids, clean=val_clean,
+              noisy=val_clean + rng.standard_normal(val_clean.shape, dtype=np.float32))
         w.commit()
     return out
 
@@ -143,8 +147,11 @@ def test_empty_test_split_and_bad_store(tmp_path, ray_session):
         w.add("train", id=np.arange(3), clean=x, noisy=x)
         w.commit()
     for materialize in (True, False):
-        pipe = DataPipeline.from_store(tmp_path / "p", materialize=materialize)
+        pipe = DataPipeline.from_store(tmp_path / "p", materialize=materialize, holdout=0.0)
         assert list(pipe.test_batches(batch_size=2)) == []
+        assert pipe.test_noisy_mse is None
+        with pytest.raises(BadInput, match="no validation pairs"):
+            next(pipe.val_batches(batch_size=2))
         arrays = pipe.test_arrays()
         assert arrays["noisy"].shape == (0, *SHAPE) and arrays["rotation"].shape == (0, 4)
         assert sorted(epoch_ids(pipe, 0)) == [0, 1, 2]
@@ -219,3 +226,67 @@ def test_test_batches_across_blocks_in_both_modes(tmp_path, ray_session):
         for pairs in got:
             assert torch.equal(torch.cat([n for n, _ in pairs])[:, 0], torch.from_numpy(x[8:] + 1))
             assert torch.equal(torch.cat([c for _, c in pairs])[:, 0], torch.from_numpy(x[8:]))
+
+
+@pytest.mark.parametrize("kind", ["A", "B", "C"])
+def test_val_split_is_contaminated_like_training_and_test_is_not(store, pipelines, kind):
+    dataset = open_dataset(store)
+    val = dataset.read("val", ["id", "clean", "noisy"])
+    test = dataset.read("test", ["id", "clean", "noisy"])
+    eps, seed = 0.4, 3
+    flagged = contaminated_mask(val["id"], eps, seed)  # the rule training pairs follow
+    assert 0 < flagged.sum() < N_VAL
+    replaced = {"A": ("clean",), "B": ("noisy",), "C": ("clean", "noisy")}[kind]
+    for pipe in pipelines.values():
+        batches = list(pipe.val_arrays(batch_size=5, eps=eps, kind=kind, seed=seed))
+        assert [len(b["id"]) for b in batches] == [5, 5, 2]
+        got = {c: np.concatenate([b[c] for b in batches]) for c in ("id", "clean", "noisy")}
+        assert np.array_equal(got["id"], val["id"])  # the stored order, every time
+        for field in ("clean", "noisy"):
+            same = (got[field] == val[field]).reshape(N_VAL, -1).all(axis=1)
+            want = ~flagged if field in replaced else np.ones(N_VAL, bool)
+            assert np.array_equal(same, want), field
+        # a training pair with one of these ids would get exactly these pixels
+        noisy, clean, _ = contaminate(val["noisy"], val["clean"], val["id"], eps=eps, kind=kind,
+                                      seed=seed, stats=dataset.stats())
+        assert np.array_equal(got["noisy"], noisy) and np.array_equal(got["clean"], clean)
+        torch_pairs = list(pipe.val_batches(batch_size=5, eps=eps, kind=kind, seed=seed))
+        assert torch.equal(torch.cat([n for n, _ in torch_pairs])[:, 0], torch.tensor(noisy))
+        # the oracle view is the stored validation pairs; the test split is never contaminated
+        oracle = list(pipe.oracle_val_batches(batch_size=5))
+        assert torch.equal(torch.cat([c for _, c in oracle])[:, 0], torch.tensor(val["clean"]))
+        test_pairs = list(pipe.test_batches(batch_size=5))
+        assert torch.equal(torch.cat([n for n, _ in test_pairs])[:, 0], torch.tensor(test["noisy"]))
+        assert torch.equal(torch.cat([c for _, c in test_pairs])[:, 0], torch.tensor(test["clean"]))
+        assert pipe.holdout == 0.0
+    per_image = np.square(test["noisy"].astype(np.float64) - test["clean"]).mean(axis=(1, 2))
+    assert pipelines["parquet", True].test_noisy_mse == pytest.approx(per_image.mean(), rel=1e-12)
+
+
+def test_a_store_without_val_holds_out_training_pairs(tmp_path, ray_session):
+    from cryotune.data.contamination import holdout_mask
+    from cryotune.data.pipeline import VAL_HOLDOUT, DataPipeline
+
+    rng = np.random.default_rng(2)
+    x = rng.random((150, *SHAPE), dtype=np.float32)
+    ids = np.arange(1000, 1150)
+    with DatasetWriter(tmp_path / "old", name="old", kind="ingested", image_shape=SHAPE,
+                       pixel_size=1.0, shard_rows=32, formats=("parquet", "mrc")) as w:
+        w.add("train", id=ids[:140], clean=x[:140], noisy=x[:140] + 1)
+        w.add("test", id=ids[140:], clean=x[140:], noisy=x[140:] + 1)
+        w.commit()
+    held = holdout_mask(ids[:140], VAL_HOLDOUT)
+    assert 0 < held.sum() < 140
+    for fmt, materialize in (("parquet", True), ("mrc", False)):
+        pipe = DataPipeline.from_store(tmp_path / "old", fmt=fmt, materialize=materialize)
+        assert pipe.holdout == VAL_HOLDOUT
+        got = np.concatenate([b["id"] for b in pipe.val_arrays(batch_size=8)])
+        assert np.array_equal(got, ids[:140][held])  # held out, in stored order
+        for epoch in (0, 1):  # and never trained on
+            assert sorted(epoch_ids(pipe, epoch)) == sorted(ids[:140][~held])
+        with pytest.raises(BadInput, match="oracle validation score needs a simulated dataset"):
+            pipe.oracle_val_batches(batch_size=8)
+    everything = DataPipeline.from_store(tmp_path / "old", holdout=0.0)
+    assert sorted(epoch_ids(everything, 0)) == sorted(ids[:140])
+    with pytest.raises(BadInput, match="outside"):
+        DataPipeline.from_store(tmp_path / "old", holdout=1.0)

@@ -6,6 +6,8 @@ is in ``test_pipeline.py``; a stopped Tune trial in ``tests/sweep/test_trainable
 
 from __future__ import annotations
 
+import queue
+import sys
 import threading
 import time
 
@@ -16,6 +18,16 @@ from cryotune.data.prefetch import EpochPrefetcher
 
 def prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("cryotune-prefetch")]
+
+
+def parked_in_put(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is blocked inside ``queue.Queue.put`` (waiting for room) right now."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_name == "put" and frame.f_code.co_filename == queue.__file__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 class Source:
@@ -64,12 +76,17 @@ def test_the_next_epoch_starts_while_one_is_consumed_and_holds_at_most_ahead():
         epoch, batches = next(it)
         assert epoch == 0 and next(batches) == (0, 0)
         assert source.wait_started(1)  # epoch 1 started before epoch 0 was consumed
-        # each thread fills its queue of 2 and pulls one more batch, which waits for room
+        # each thread fills its queue of 2 and pulls one more batch, which waits for room: once
+        # both threads are parked in Queue.put, nothing more can be pulled until a batch is taken
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and (source.yielded.get(1), source.yielded[0]) != (3, 4):
+        def settled() -> bool:
+            threads = prefetch_threads()
+            return (len(threads) == 2 and all(map(parked_in_put, threads))
+                    and (source.yielded.get(1), source.yielded[0]) == (3, 1 + 3))
+
+        while time.monotonic() < deadline and not settled():
             time.sleep(0.01)
-        time.sleep(0.2)
-        assert source.yielded[1] == 3 and source.yielded[0] == 1 + 3  # and no more
+        assert settled(), (source.yielded, [parked_in_put(t) for t in prefetch_threads()])
         assert not source.started.get(2, threading.Event()).is_set()  # one epoch ahead
         assert list(batches) == [(0, i) for i in range(1, 20)]
         epoch, batches = next(it)

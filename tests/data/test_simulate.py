@@ -133,7 +133,7 @@ def test_ctf_first_zero_at_the_analytic_frequency():
 
 def read_all(path):
     ds = open_dataset(path)
-    parts = [ds.read(s) for s in ("train", "test")]
+    parts = [ds.read(s) for s in ("train", "test", "val")]
     return ds, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
@@ -142,8 +142,12 @@ def test_snr_normalisation_and_splits(tmp_path):
                    shard_rows=128)
     ds, data = read_all(out)
     m = ds.manifest
-    assert ds.count("train") == 400 and ds.count("test") == 100
-    np.testing.assert_array_equal(data["id"], np.arange(500))
+    assert ds.count("train") == 400 and ds.count("test") == 100 and ds.count("val") == 40
+    assert {s: m["splits"][s]["count"] for s in ("train", "val", "test")} == {"train": 400, "val": 40, "test": 100}
+    # train and test ids are those of a store without validation; validation ids come after
+    np.testing.assert_array_equal(data["id"], np.arange(540))
+    np.testing.assert_array_equal(ds.read("val", ["id"])["id"], np.arange(500, 540))
+    assert m["generator"]["n_val"] == 40 and m["generator"]["val_fraction"] == 0.1
     clean, noise = data["clean"].astype(np.float64), (data["noisy"] - data["clean"]).astype(np.float64)
     assert clean.min() == 0.0 and clean.max() == 1.0
     assert clean.var() / noise.var() == pytest.approx(0.1, rel=0.05)
@@ -209,7 +213,7 @@ def test_pdb_conformations(tmp_path):
 def test_progress_reports_both_passes(tmp_path, monkeypatch):
     monkeypatch.setattr(sim, "_CHUNK_IMAGES", 16)
     seen = []
-    simulate(tmp_path / "ds", size=16, n_train=40, n_test=8, snr=1.0,
+    simulate(tmp_path / "ds", size=16, n_train=40, n_test=8, snr=1.0, val_fraction=0,
              progress=lambda *a: seen.append(a))
     assert [s for s in seen if s[0] == "project"] == [("project", d, 48) for d in (16, 32, 48)]
     assert [s for s in seen if s[0] == "write"] == [("write", d, 48) for d in (16, 32, 48)]
@@ -220,6 +224,8 @@ def test_progress_reports_both_passes(tmp_path, monkeypatch):
     ({"snr": 0.0}, "--snr"),
     ({"snr": -1.0}, "--snr"),
     ({"n_train": 0}, "--n-train"),
+    ({"val_fraction": 1.5}, "--val-fraction"),
+    ({"val_fraction": -0.1}, "--val-fraction"),
     ({"pixel_size": 0.0}, "--pixel-size"),
     ({"conformations": 0}, "--conformations"),
     ({"ctf": CTFParams(defocus_min=5000, defocus_max=1000)}, "--defocus-min/--defocus-max"),
@@ -252,3 +258,16 @@ def test_pdb_errors(tmp_path):
         simulate(tmp_path / "ds", n_train=4, n_test=1, snr=0.1, conformations=3,
                  pdb=[tmp_path / "empty.pdb"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.pdb"]
+
+
+@pytest.mark.parametrize("fraction, n_val", [(0.0, 0), (0.25, 5), (0.1, 2)])
+def test_val_fraction_of_the_train_pairs(tmp_path, fraction, n_val):
+    out = simulate(tmp_path / "ds", size=16, n_train=20, n_test=4, snr=1.0, seed=1,
+                   val_fraction=fraction, formats=("parquet", "mrc"))
+    ds, data = read_all(out)
+    assert (ds.count("train"), ds.count("val"), ds.count("test")) == (20, n_val, 4)
+    assert len(np.unique(data["id"])) == 24 + n_val  # unique across the dataset
+    for fmt in ("parquet", "mrc"):
+        val = ds.read("val", ["id", "clean", "conformation"], fmt=fmt)
+        np.testing.assert_array_equal(val["id"], np.arange(24, 24 + n_val))
+        assert val["clean"].shape == (n_val, 16, 16)

@@ -189,3 +189,46 @@ def test_bad_rows_are_rejected(tmp_path):
         with DatasetWriter(tmp_path / "c", name="toy", kind="simulated", image_shape=SHAPE, pixel_size=1.0) as w:
             w.add("train", id=np.arange(3), clean=np.zeros((3, 8, 8)), noisy=np.zeros((3, 8, 8)))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "mrc"])
+def test_val_split_round_trip_and_counts(tmp_path, fmt):
+    train, val, test = make_rows(12, seed=1), make_rows(5, seed=3, start_id=50), make_rows(4, seed=2, start_id=100)
+    with DatasetWriter(tmp_path / "ds", name="toy", kind="simulated", image_shape=SHAPE, pixel_size=1.5,
+                       formats=("parquet", "mrc"), shard_rows=3) as w:
+        for split, rows in (("train", train), ("val", val), ("test", test)):
+            w.add(split, **rows)
+        out = w.commit()
+    ds = open_dataset(out)
+    splits = json.loads((out / "manifest.json").read_text())["splits"]
+    assert {s: splits[s]["count"] for s in splits} == {"train": 12, "val": 5, "test": 4}
+    assert ds.has_val_split and ds.count("val") == 5
+    assert [s["rows"] for s in splits["val"]["shards"]] == [3, 2]
+    assert all(name.startswith("val/") for s in splits["val"]["shards"] for name in s["sha256"])
+    got = ds.read("val", fmt=fmt)
+    for key, value in val.items():
+        assert got[key].tobytes() == value.tobytes(), key
+    # pixel statistics (the contamination's noise images) are the train split's alone
+    assert ds.stats()["clean_mean"] == pytest.approx(train["clean"].astype(np.float64).mean())
+    with pytest.raises(BadInput, match="id 51 appears more than once"):
+        with DatasetWriter(tmp_path / "dup", name="toy", kind="simulated", image_shape=SHAPE, pixel_size=1.0) as w:
+            w.add("train", **make_rows(3, start_id=50))
+            w.add("val", **make_rows(3, start_id=51))
+            w.commit()
+
+
+def test_a_store_written_before_the_val_split_still_opens(tmp_path, caplog):
+    out = write(tmp_path / "ds", make_rows(10), make_rows(3, start_id=10))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["val"] == {"count": 0, "shards": []}
+    del manifest["splits"]["val"]  # as the stores of earlier versions were written
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING", logger="cryotune.data.store"):
+        ds = open_dataset(out)
+        open_dataset(out)
+    said = [r.getMessage() for r in caplog.records if "no validation split" in r.getMessage()]
+    assert len(said) == 1 and str(out) in said[0]  # said once per store
+    assert not ds.has_val_split and ds.count("val") == 0 and ds.count("train") == 10
+    empty = ds.read("val", ["id", "noisy"])
+    assert empty["id"].shape == (0,) and empty["noisy"].shape == (0, *SHAPE)
+    assert "val=0" in repr(ds)

@@ -8,9 +8,9 @@ import torch
 from scipy.integrate import quad
 from scipy.special import expit
 
+from cryotune import vocab
 from cryotune.errors import BadConfig
 from cryotune.nn.scoring import (
-    METHODS,
     BetaScore,
     WassersteinScore,
     clip_weights,
@@ -145,7 +145,8 @@ def test_wasserstein_and_make_rule():
     assert make_rule("l1_ae") is None and make_rule("l2_ae") is None
     assert make_rule("js_gan", alpha=0.7) == BetaScore(0, 0)
     assert make_rule("beta_gan", 0.5, -0.5) == BetaScore(0.5, -0.5)
-    assert set(METHODS) == {"l2_ae", "l1_ae", "beta_gan", "js_gan", "wgan", "wgan_gp"}
+    for name in vocab.METHOD_NAMES:  # every registered method has its rule
+        assert (make_rule(name) is not None) == vocab.METHODS[name].adversarial
 
 
 @pytest.mark.parametrize("kwargs,key", [

@@ -14,7 +14,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from cryotune.config import TrainConfig, from_dict
 from cryotune.errors import BadConfig, BadInput, Diverged
 from cryotune.nn.checkpoint import FORMAT, read_checkpoint
-from cryotune.nn.train import CHECKPOINT_NAME, Trainer, train
+from cryotune.nn.train import BEST_NAME, CHECKPOINT_NAME, BestEpoch, Trainer, train
 
 torch.set_num_threads(1)
 SIZE, N_TRAIN, N_TEST, BATCH = 16, 160, 40, 20
@@ -251,3 +251,75 @@ def test_train_epoch_leaves_the_discriminator_trainable(blobs):
     trainer = Trainer(TrainConfig(method="js_gan", width=4), (SIZE, SIZE))
     trainer.train_epoch(_loaders(noisy, clean)[0](0)[:1])
     assert all(p.requires_grad for p in trainer.discriminator.parameters())
+
+
+def test_evaluate_scores_any_split_with_the_median_of_per_image_mse(blobs):
+    noisy, clean = blobs
+    trainer = Trainer(TrainConfig(method="l1_ae", width=4), (SIZE, SIZE))
+    train_batches, test_batches = _loaders(noisy, clean)
+    trainer.train_epoch(train_batches(0))
+    rows = slice(N_TRAIN, N_TRAIN + 25)  # an odd count: numpy's median is the middle value
+    pairs = list(zip(torch.from_numpy(noisy[rows]).split(7), torch.from_numpy(clean[rows]).split(7),
+                     strict=True))
+    got = trainer.evaluate(pairs, prefix="val")
+    per_image = ((trainer.denoise(noisy[rows]) - clean[rows, 0]).astype(np.float64) ** 2).mean(axis=(1, 2))
+    assert got["val_mse_median"] == pytest.approx(np.median(per_image), rel=1e-5)
+    assert got["val_mse"] == pytest.approx(per_image.mean(), rel=1e-5)
+    assert got["val_images"] == 25 and not any(k.startswith("test_") for k in got)
+    even = trainer.evaluate(pairs[:2], prefix="val")  # 14 images: the mean of the middle two
+    assert even["val_mse_median"] == pytest.approx(np.median(per_image[:14]), rel=1e-5)
+    assert even["val_mse_median"] != pytest.approx(np.sort(per_image[:14])[6], rel=1e-9)
+    assert set(trainer.evaluate(test_batches())) == {k.replace("val_", "test_") for k in got}
+
+
+def test_best_pt_holds_the_best_validation_epoch(blobs, tmp_path):
+    noisy, clean = blobs
+    train_batches, test_batches = _loaders(noisy, clean)
+    val = [(torch.from_numpy(noisy[i:i + 10]), torch.from_numpy(clean[i:i + 10])) for i in (0, 10)]
+    probe = noisy[N_TRAIN:N_TRAIN + 6]
+    outputs = {}
+
+    def keep(record, trainer):
+        outputs[record["epoch"]] = trainer.denoise(probe)
+
+    # max of val_mse picks a poor epoch: not the last one, so best.pt must differ from it
+    cfg = TrainConfig(method="l2_ae", width=4, epochs=4, lr_g=3e-3)
+    history = train(cfg, train_batches, test_batches, checkpoint_dir=tmp_path, on_epoch=keep,
+                    val_batches=lambda: val, select_metric="val_mse", select_mode="max")
+    scores = [r["val_mse"] for r in history]
+    best_epoch = int(np.argmax(scores)) + 1
+    assert best_epoch != 4
+    last = history[-1]
+    assert last["best_epoch"] == best_epoch and last["select_score"] == max(scores)
+    for key in ("test_mse", "test_psnr", "test_ssim"):
+        assert last[f"{key}_at_best"] == history[best_epoch - 1][key]
+    best = Trainer.load_checkpoint(tmp_path / BEST_NAME)
+    assert best.epoch == best_epoch and best.history[-1]["best_epoch"] == best_epoch
+    np.testing.assert_array_equal(best.denoise(probe), outputs[best_epoch])
+    assert not np.array_equal(best.denoise(probe), outputs[4])
+    last_trainer = Trainer.load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    np.testing.assert_array_equal(last_trainer.denoise(probe), outputs[4])
+    # a resumed run recovers the best epoch from the history it kept
+    resumed = train(TrainConfig(**{**vars(cfg), "epochs": 5}), train_batches, test_batches,
+                    checkpoint_dir=tmp_path, resume=True, val_batches=lambda: val,
+                    select_metric="val_mse", select_mode="max")
+    assert resumed[-1]["select_score"] == max(r["val_mse"] for r in resumed)
+
+
+def test_default_selection_is_the_median_and_never_reads_test(blobs, tmp_path):
+    noisy, clean = blobs
+    train_batches, test_batches = _loaders(noisy, clean)
+    val = [(torch.from_numpy(noisy[:10]), torch.from_numpy(clean[:10]))]
+    history = train(TrainConfig(method="l1_ae", width=4, epochs=2), train_batches, test_batches,
+                    val_batches=lambda: val)
+    medians = [r["val_mse_median"] for r in history]
+    assert history[-1]["best_epoch"] == int(np.argmin(medians)) + 1
+    assert history[-1]["select_score"] == min(medians)
+    with pytest.raises(BadConfig, match="select.metric.*test split is only reported"):
+        BestEpoch("test_mse", "min")
+    with pytest.raises(BadConfig, match="select.mode"):
+        BestEpoch("val_mse", "lowest")
+    with pytest.raises(BadConfig, match="'val_psnr_median' is not reported"):
+        BestEpoch("val_psnr_median").update(history[0])
+    assert "best_epoch" not in train(TrainConfig(method="l1_ae", width=4, epochs=1), train_batches,
+                                     test_batches)[0]

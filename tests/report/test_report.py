@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from cryotune.report import build_report, render
-from cryotune.results import StudyStore, load_study
+from cryotune.study.store import StudyStore
+from cryotune.study.tables import load_study
 
 METHODS = [
     {"method": "l2_ae", "p": 2},
     {"method": "l1_ae", "p": 1},
-    {"method": "beta_gan", "alpha": 0.5, "beta": 0.5, "lambda": 10.0, "p": 1},
-    {"method": "wgan_gp", "lambda": 10.0, "p": 1},
+    {"method": "beta_gan", "alpha": 0.5, "beta": 0.5, "lambda": 10.0, "p": 1, "reduction": "sum"},
+    {"method": "wgan_gp", "lambda": 10.0, "p": 1, "reduction": "sum"},
 ]
 
 
@@ -129,7 +130,8 @@ def test_merged_ablation_studies_stay_in_their_tables(tmp_path):
     variants = [{"alpha": 0.5, "beta": 0.5, "lambda": lam} for lam in (0.1, 1000.0)]
     variants += [{"alpha": -1.0, "beta": -1.0, "lambda": 10.0}]
     for i, v in enumerate(variants):
-        config = {"method": "beta_gan", "p": 1, **v, "eps": 0.0, "contamination": "none",
+        config = {"method": "beta_gan", "p": 1, "reduction": "sum", **v, "eps": 0.0,
+                  "contamination": "none",
                   "seed": 0, "dataset": "d0", "snr": 0.1}
         store.record_trial({"trial_id": f"a{i}", "status": "finished", "epochs": 3, "config": config,
                             "metrics": {"test_mse": 5e-3 + i * 1e-4, "test_psnr": 23.0, "test_ssim": 0.7}})
@@ -143,3 +145,41 @@ def test_merged_ablation_studies_stay_in_their_tables(tmp_path):
     assert ">0.1<" in table4 and ">1000<" in table4 and "∞ (ℓ1-AE)" in table4
     l1 = np.mean(expected[("l1_ae", "none", 0.0)])
     assert f"{l1:.2e}".replace("e-0", "e-") in table4
+
+
+# -- in real headless Chromium: it renders, shows content, logs nothing, fetches nothing --
+
+def _not_blank(img):
+    gray = img[..., :3].mean(axis=2)
+    return (gray < 200).mean() > 0.01 and gray.std() > 10
+
+
+def test_report_renders_in_chromium(tmp_path, chromium):
+    path, _ = make_study(tmp_path)
+    out = build_report(load_study(path), tmp_path / "report.html")
+    result = chromium(out, tmp_path)
+    assert _not_blank(result["screenshot"])
+    assert result["console"] == []
+    assert result["requests"] == []
+
+
+def test_checker_sees_page_requests_and_console(tmp_path, chromium):
+    # the same checks catch a page that fetches and logs: they can fail
+    page = tmp_path / "bad.html"
+    page.write_text('<html><body><h1>x</h1><img src="http://example.invalid/a.png">'
+                    '<script>console.error("boom")</script></body></html>')
+    result = chromium(page, tmp_path)
+    assert any("example.invalid" in u for u in result["requests"])
+    assert any("boom" in line for line in result["console"])
+    assert not _not_blank(np.full((10, 10, 3), 255, np.uint8))
+
+
+def test_a_trial_of_an_unknown_method_is_left_out_with_a_warning(tmp_path, caplog):
+    # a study holding only a method this version does not know (no eps column at all)
+    store = StudyStore(tmp_path, "u")
+    store.record_trial({"trial_id": "w", "status": "finished", "epochs": 3,
+                        "config": {"method": "magic_ae", "seed": 0},
+                        "metrics": {"test_mse": 1e-3}}, [{"epoch": 1, "test_mse": 1e-3}])
+    out = build_report(load_study(tmp_path / "u"), tmp_path / "u.html")
+    assert "1 trial of unknown method 'magic_ae' left out of the comparisons" in caplog.text
+    assert "Needs finished trials at eps = 0" in out.read_text()

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from cryotune.results import StudyStore, load_study
+from cryotune.runs.sweep import run_sweep
+from cryotune.study.store import StudyStore
+from cryotune.study.tables import load_study
 from cryotune.sweep.recorder import Session, StudyRecorder
-from cryotune.sweep.run import run_sweep
 from cryotune.sweep.trainable import HISTORY_FILE
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.timeout(300)]

@@ -8,7 +8,7 @@ import pytest
 
 from cryotune.errors import BadConfig
 from cryotune.sweep.space import trial_configs
-from cryotune.sweep.spec import Range, apply_overrides, load_spec, spec_from_mapping
+from cryotune.sweep.spec import Range, Select, apply_overrides, load_spec, spec_from_mapping
 
 SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 
@@ -21,6 +21,8 @@ SHIPPED = {
     "paper-table4-lambda": (27, 27),  # 8 lambdas x 3 seeds + l1_ae x 3 seeds
     "paper-fig5-robustness": (180, 180),  # 6 methods x (1 + 3 eps x 3 types) x 3 seeds
     "optuna-hpo": (40, 12),  # n_trials
+    "lambda-convention": (36, 36),  # 4 arms x (eps 0 + eps 0.3 x A, B) x 3 seeds
+    "own-data": (2, 2),  # 2 methods x eps 0 x 1 seed
 }
 
 
@@ -157,6 +159,11 @@ BAD = [
     ({"seeds": 0}, "seeds", "repeats"),
     ({"validate": ["fsc", "psnr"]}, "validate[1]", "not one of"),
     ({"metric": "mse"}, "metric", "not one of"),
+    ({"metric": "test_mse"}, "metric", "selects on the test split, which is only reported"),
+    ({"select": {"metric": "test_psnr"}}, "select.metric", "the test split is only reported"),
+    ({"select": {"metric": "train_mse"}}, "select.metric", "not a validation score"),
+    ({"select": {"metric": "val_mse", "mode": "low"}}, "select.mode", "not one of"),
+    ({"select": {"metric": "val_mse"}, "metric": "val_psnr"}, "metric", "both metric and select"),
     ({"name": "a b"}, "name", "invalid"),
     ({"dataset": None}, "dataset", "no dataset"),
     ({"dataset": {"path": "a", "simulate": {"snr": 0.1}}}, "dataset", "exactly one"),
@@ -188,10 +195,13 @@ def test_ranges_and_defaults():
     spec = spec_from_mapping(_base(
         methods=[{"method": "beta_gan", "alpha": {"uniform": [-1, 1]},
                   "lr_g": {"loguniform": ["1e-4", 0.1]}}],
-        search="optuna", n_trials=5, metric="test_psnr"))
+        search="optuna", n_trials=5, select={"metric": "val_psnr"}))
     assert spec.methods[0].params["alpha"] == Range("uniform", -1.0, 1.0)
     assert spec.methods[0].params["lr_g"] == Range("loguniform", 1e-4, 0.1)
-    assert spec.mode == "max"  # by the metric
+    assert (spec.select.metric, spec.select.mode) == ("val_psnr", "max")  # by the metric
+    assert spec_from_mapping(_base()).select == Select("val_mse_median", "min")  # the default
+    moved = spec_from_mapping(_base(metric="oracle_val_mse"))  # the former key, on validation
+    assert moved.select == Select("oracle_val_mse", "min") and moved.select.oracle
     assert spec.scheduler.type == "fifo" and spec.resources.cpu == 1 and spec.seeds == [0]
     asha = spec_from_mapping(_base(epochs=9, scheduler="asha")).scheduler
     assert (asha.type, asha.grace_period, asha.reduction_factor) == ("asha", 1, 4.0)

@@ -7,6 +7,7 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cryotune.config import TrainConfig, to_dict
@@ -80,3 +81,59 @@ def test_a_stopped_trial_leaves_no_thread_and_results_match_the_plain_loop(toy_s
         assert [r["epoch"] for r in history] == [1, 2]
         for got, expected in zip(history, plain_loop(pipe, trial, 2), strict=True):
             assert {k: got[k] for k in KEYS} == {k: expected[k] for k in KEYS}
+
+
+def test_a_trial_reports_its_best_validation_epoch_and_keeps_its_checkpoint(toy_store, tmp_path):
+    from ray import tune
+
+    from cryotune.data.pipeline import DataPipeline
+    from cryotune.data.store import open_dataset
+    from cryotune.nn.train import BEST_NAME
+
+    class Reports(tune.Callback):  # every report the driver receives, per trial seed
+        seen: dict = {}
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.seen.setdefault(trial.config["t"]["seed"], []).append(result)
+
+    pipe = DataPipeline.from_store(toy_store)
+    good = {**trial_config(0, epochs=3), "method": "l1_ae"}
+    diverging = {**trial_config(1, epochs=3), "lr_g": 1e30, "lr_d": 1e30}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(run_trial, pipelines={"toy": pipe},
+                                                 gallery={"toy": pipe.test_arrays()["noisy"][:4]},
+                                                 threads=1, gpu_share=0.0), {"cpu": 1}),
+        param_space={"t": tune.grid_search([good, diverging])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0,
+                                  callbacks=[Reports()]))
+    results = {r.config["t"]["seed"]: r for r in tuner.fit()}
+    assert all(r.error is None for r in results.values())
+
+    result = results[0]
+    last = result.metrics
+    with result.checkpoint.as_directory() as folder:
+        history = json.loads(Path(folder, HISTORY_FILE).read_text())
+        best = Trainer.load_checkpoint(Path(folder, BEST_NAME))
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    for record in history:  # validation (contaminated), oracle (clean) and test, every epoch
+        assert {"val_mse", "val_mse_median", "oracle_val_mse", "test_mse", "test_mse_median"} <= set(record)
+        assert record["val_images"] == open_dataset(toy_store).count("val") == 10
+    medians = [r["val_mse_median"] for r in history]
+    best_epoch = int(np.argmin(medians)) + 1
+    assert last["best_epoch"] == best_epoch and last["select_score"] == min(medians)
+    for key in ("test_mse", "test_psnr", "test_ssim"):
+        assert last[f"{key}_at_best"] == history[best_epoch - 1][key]
+    assert best.epoch == best_epoch  # best.pt is that epoch's checkpoint
+    reports = Reports.seen[0]  # each report carries its epoch's validation and test scores
+    assert [r["val_mse_median"] for r in reports] == medians
+    assert [r["test_mse"] for r in reports] == [r["test_mse"] for r in history]
+    assert [r["best_epoch"] for r in reports] == [int(np.argmin(medians[:e])) + 1 for e in (1, 2, 3)]
+    test = open_dataset(toy_store).read("test", ["noisy", "clean"])
+    noisy_mse = np.square(test["noisy"].astype(np.float64) - test["clean"]).mean(axis=(1, 2)).mean()
+    assert last["noisy_test_mse"] == pytest.approx(noisy_mse, rel=1e-9)
+    assert last["diverged"] == (last["test_mse_at_best"] > noisy_mse)
+
+    gone = results[1].metrics  # NaN losses: one last report, diverged, scores NaN
+    assert gone["diverged"] is True and gone["epoch"] == 1 and "non-finite" in gone["error"]
+    assert np.isnan(gone["test_mse"]) and np.isnan(gone["val_mse_median"]) and gone["best_epoch"] == 0

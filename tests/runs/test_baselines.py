@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from cryotune.baselines.runner import run_baselines
 from cryotune.data.writer import DatasetWriter
 from cryotune.errors import BadConfig, MissingExtra
-from cryotune.results import dataset_key, load_study
+from cryotune.runs.baselines import run_baselines
+from cryotune.study.store import dataset_key
+from cryotune.study.tables import load_study
 
 
 def _blobs(n, size, rng):

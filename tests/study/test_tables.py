@@ -4,7 +4,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cryotune.errors import BadInput
-from cryotune.results import StudyStore, load_study
+from cryotune.study.store import StudyStore
+from cryotune.study.tables import best_trial, load_study
 
 
 def _fill(store, methods=("l2_ae", "l1_ae"), seeds=(0, 1, 2), eps=(0.0, 0.2)):
@@ -126,15 +127,57 @@ def test_dataset_manifest_and_gallery(tmp_path):
     np.testing.assert_array_equal(study.dataset_array("s", "snr0.1", "gallery_clean"), clean)
 
 
-def test_best_trial_uses_the_spec_metric(tmp_path):
+def _selected(store, tid, score, *, status="finished", test_mse=1e-3, noisy=1e-1,
+              checkpoint="/x/m.pt", metric="val_mse_median"):
+    store.record_trial({"trial_id": tid, "status": status, "checkpoint": checkpoint,
+                        "best_epoch": 2, "select_metric": metric, "select_score": score,
+                        "test_mse_at_best": test_mse, "test_psnr_at_best": 30.0,
+                        "test_ssim_at_best": 0.9, "noisy_test_mse": noisy,
+                        "metrics": {"test_mse": test_mse, "val_mse_median": score}})
+
+
+def test_best_reads_the_validation_score_only(tmp_path):
     store = StudyStore(tmp_path, "s")
-    store.write_spec({"name": "s", "metric": "test_ssim", "mode": "max"})
-    for tid, mse, ssim, ckpt in (("a", 1e-3, 0.5, "/x/a.pt"), ("b", 2e-3, 0.9, "/x/b.pt"),
-                                 ("c", 1e-4, 0.99, None)):
-        store.record_trial({"trial_id": tid, "status": "finished", "checkpoint": ckpt,
-                            "metrics": {"test_mse": mse, "test_ssim": ssim}})
+    _selected(store, "a", 0.03, test_mse=1e-4)        # the best test, a poor validation score
+    _selected(store, "b", 0.01, test_mse=5e-3)        # the best validation score
+    _selected(store, "c", 0.001, checkpoint=None)     # better still, but no model
+    _selected(store, "d", 0.0001, status="error")
     study = load_study(tmp_path / "s")
-    assert study.best_trial()["trial_id"] == "b"  # c has no model
-    assert study.best_trial("test_mse", "min")["trial_id"] == "a"
-    with pytest.raises(BadInput, match="no finished trial"):
-        study.query("trial_id == 'c'").best_trial()
+    assert study.best()["trial_id"] == "c"
+    assert study.best(with_model=True)["trial_id"] == "b"
+    assert best_trial(study.trials.iloc[:1])["trial_id"] == "a"  # the rule on a group
+    with pytest.raises(BadInput, match="no finished or stopped trial"):
+        study.query("trial_id == 'd'").best()
+
+
+def test_best_follows_the_direction_of_the_select_metric(tmp_path):
+    store = StudyStore(tmp_path, "s")
+    _selected(store, "a", 28.0, metric="val_psnr")
+    _selected(store, "b", 31.0, metric="val_psnr")
+    assert load_study(tmp_path / "s").best()["trial_id"] == "b"
+    _selected(store, "c", 0.01)
+    with pytest.raises(BadInput, match="different scores"):
+        load_study(tmp_path / "s").best()
+
+
+def test_a_trial_worse_than_the_noisy_input_is_diverged_and_never_best(tmp_path):
+    store = StudyStore(tmp_path, "s")
+    _selected(store, "ok", 0.02, test_mse=0.01, noisy=0.05)
+    # the lowest validation score, but its selected test MSE is above the noisy input's;
+    # ASHA stopped it early, which does not spare it
+    _selected(store, "bad", 0.001, status="stopped", test_mse=0.08, noisy=0.05)
+    study = load_study(tmp_path / "s")
+    rows = study.trials.set_index("trial_id")
+    assert rows.loc["bad", "status"] == "diverged" and rows.loc["ok", "status"] == "finished"
+    assert "worse than the noisy input's" in rows.loc["bad", "error"]
+    assert study.best()["trial_id"] == "ok"
+    assert (study.trials["status"] == "diverged").sum() == 1
+
+
+def test_a_study_before_validation_selection_selects_nothing(tmp_path):
+    store = StudyStore(tmp_path, "s")
+    store.write_spec({"name": "s", "metric": "test_mse", "mode": "min"})
+    store.record_trial({"trial_id": "a", "status": "finished", "checkpoint": "/x/a.pt",
+                        "metrics": {"test_mse": 1e-3}})
+    with pytest.raises(BadInput, match="predates validation selection; no trial is selected"):
+        load_study(tmp_path / "s").best()

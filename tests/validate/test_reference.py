@@ -11,7 +11,7 @@ from cryotune.data.simulate import project, simulate
 from cryotune.data.writer import DatasetWriter
 from cryotune.validate.fsc import fsc, resolution
 from cryotune.validate.reconstruct import reconstruct
-from cryotune.validate.study import (
+from cryotune.validate.reference import (
     NEEDS_POSES,
     load_reference,
     validate_dataset,
@@ -98,7 +98,7 @@ def test_view_selection_against_brute_force():
 
 def test_in_plane_alignment_brings_views_together(store):
     """Aligned clean images of one conformation in a view cone are closer than unaligned ones."""
-    from cryotune.validate.study import _align_in_plane
+    from cryotune.validate.reference import _align_in_plane
 
     ref = load_reference(store)
     rows = np.nonzero(ref.conformation == 0)[0]

@@ -10,15 +10,18 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import ray
 from proctree import descendants
 
 from cryotune.cli import main as cli_main
 from cryotune.data.store import open_dataset
-from cryotune.nn.train import CHECKPOINT_NAME, Trainer
-from cryotune.results import dataset_key, load_study
-from cryotune.sweep.run import run_sweep
+from cryotune.nn.train import BEST_NAME, CHECKPOINT_NAME, Trainer
+from cryotune.runs.sweep import run_sweep
+from cryotune.study.store import dataset_key
+from cryotune.study.tables import load_study
 from cryotune.sweep.space import trial_configs
 from cryotune.sweep.spec import load_spec
 
@@ -75,7 +78,11 @@ def test_smoke_sweep_end_to_end(tmp_path, caplog):
         epochs = history[history["trial_id"] == row.trial_id]
         assert list(epochs["epoch"]) == [1, 2] and row.epochs == 2
         assert epochs["test_mse"].iloc[-1] == pytest.approx(row.test_mse)
-        assert row.best_test_mse == pytest.approx(epochs["test_mse"].min())
+        # the trial's best validation epoch, and the test scores of that epoch
+        chosen = epochs.iloc[int(np.argmin(epochs["val_mse_median"].to_numpy()))]
+        assert row.best_epoch == chosen["epoch"] and row.select_metric == "val_mse_median"
+        assert row.select_score == pytest.approx(chosen["val_mse_median"])
+        assert row.test_mse_at_best == pytest.approx(chosen["test_mse"])
         # the table's metric and gallery, recomputed from the trial's own checkpoint with numpy
         assert row.checkpoint == str(_checkpoint(outcome.study, row.trial_id))  # the last one
         trainer = Trainer.load_checkpoint(row.checkpoint)
@@ -87,8 +94,9 @@ def test_smoke_sweep_end_to_end(tmp_path, caplog):
     np.testing.assert_array_equal(study.dataset_array("smoke", key, "gallery_noisy"),
                                   test["noisy"][:n])
 
-    # the winning model denoises a user's stack: `cryotune denoise --model STUDY`
-    best = trials.loc[trials["test_mse"].idxmin()]
+    # the winning model, chosen on validation, denoises a user's stack at its best epoch:
+    # `cryotune denoise --model STUDY`
+    best = study.best(with_model=True)
     stack = tmp_path / "particles.mrcs"
     with mrcfile.new(stack) as m:
         m.set_data(np.array(test["noisy"][:5]))
@@ -96,13 +104,70 @@ def test_smoke_sweep_end_to_end(tmp_path, caplog):
     assert cli_main(["denoise", "--model", outcome.study, "--input", str(stack),
                      "--output", str(tmp_path / "denoised.mrcs")]) == 0
     with mrcfile.open(tmp_path / "denoised.mrcs") as m:
-        expected = Trainer.load_checkpoint(best["checkpoint"]).denoise(np.array(test["noisy"][:5]))
+        expected = Trainer.load_checkpoint(Path(best["checkpoint"]).with_name(BEST_NAME)).denoise(
+            np.array(test["noisy"][:5]))
         np.testing.assert_allclose(m.data, expected, atol=1e-6)
 
     # trials ran concurrently: two were running at once, and their time spans overlap
     assert max(running for running, _ in snapshots) == 2
     spans = sorted(zip(trials["started_at"], trials["ended_at"], strict=True))
     assert any(b0 < a1 for (_, a1), (b0, _) in zip(spans, spans[1:], strict=False))
+
+
+def _poison(study_dir: Path, chosen: str) -> None:
+    """Rewrite the study's test columns adversarially: the chosen trial's test scores become
+    the worst, every other trial's the best; the tables' Parquet metadata stays."""
+    for path in [study_dir / "trials.parquet", *sorted((study_dir / "history.parquet").glob("*"))]:
+        table = pq.read_table(path)
+        frame = table.to_pandas()
+        mine = frame["trial_id"] == chosen
+        for name in [c for c in frame if c.startswith("test_")]:
+            good, bad = (0.0, 1.0) if "mse" in name else (100.0, 0.0)
+            frame[name] = np.where(mine, bad, good)
+        out = pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(out.replace_schema_metadata(table.schema.metadata), path)
+
+
+def test_selection_never_reads_the_test_split(make_spec, tmp_path, capsys):
+    # three real trials; then their test metrics are poisoned in the study's own tables
+    spec = make_spec(methods=["l1_ae", "l2_ae", {"method": "l2_ae", "lr_g": [1e-3]}],
+                     resources={"cpu": 0.5}, max_concurrent=2)
+    outcome = run_sweep(spec)
+    assert outcome.exit_code == 0
+    study_dir = Path(outcome.study)
+    stack = tmp_path / "particles.mrcs"
+    noisy = open_dataset(spec.dataset[0].path).read("test", ["noisy"])["noisy"][:4]
+    with mrcfile.new(stack) as m:
+        m.set_data(np.array(noisy))
+        m.set_image_stack()
+
+    def choices(tag):
+        study = load_study(study_dir)
+        out = tmp_path / f"denoised-{tag}.mrcs"
+        capsys.readouterr()
+        assert cli_main(["status", str(study_dir)]) == 0
+        status = [ln for ln in capsys.readouterr().out.splitlines()
+                  if ln.startswith("best on validation")]
+        assert cli_main(["denoise", "--model", str(study_dir), "--input", str(stack),
+                         "--output", str(out)]) == 0
+        with mrcfile.open(out) as m:
+            return study.best()["trial_id"], study.best(with_model=True)["trial_id"], status, \
+                np.array(m.data)
+
+    before = choices("before")
+    assert before[2], "status printed no best trial"
+    _poison(study_dir, before[0])
+    trials = load_study(study_dir).trials
+    # the poison is adversarial: a rule reading test would now pick another trial
+    assert trials.loc[trials["test_mse_at_best"].idxmin(), "trial_id"] != before[0]
+    assert trials.loc[trials["test_mse"].idxmin(), "trial_id"] != before[0]
+    after = choices("after")
+    assert after[:3] == before[:3]
+    np.testing.assert_array_equal(after[3], before[3])
+    # denoise applied the chosen trial's best validation epoch (best.pt), not its last
+    row = trials.set_index("trial_id").loc[before[0]]
+    expected = Trainer.load_checkpoint(Path(row["checkpoint"]).with_name(BEST_NAME))
+    np.testing.assert_allclose(before[3], expected.denoise(np.array(noisy)), atol=1e-6)
 
 
 def test_asha_stops_poor_trials_early(make_spec):
@@ -114,9 +179,13 @@ def test_asha_stops_poor_trials_early(make_spec):
     assert outcome.exit_code == 0
     study = load_study(outcome.study)
     trials = study.trials
-    assert len(trials) == 4 and set(trials["status"]) <= {"finished", "stopped"}
+    assert len(trials) == 4 and set(trials["status"]) <= {"finished", "stopped", "diverged"}
     slow = trials[trials["config.lr_g"] == 1e-7]
-    assert (slow["status"] == "stopped").all() and (slow["epochs"] < 4).all()
+    assert slow["status"].isin(["stopped", "diverged"]).all() and (slow["epochs"] < 4).all()
+    # a trial cut early is judged on its row like any other: diverged when its selected
+    # epoch's test MSE is above the noisy input's (an untrained network's often is)
+    worse = trials["test_mse_at_best"] > trials["noisy_test_mse"]
+    assert ((trials["status"] == "diverged") == worse).all()
     assert (trials[trials["status"] == "finished"]["epochs"] == 4).all()
     assert (trials["status"] == "finished").any()
     for row in trials.itertuples():
@@ -147,6 +216,8 @@ def test_a_diverged_trial_does_not_stop_the_sweep(make_spec):
     assert "non-finite" in trials.loc["l2_ae", "error"]
     assert np.isnan(trials.loc["l2_ae", "test_mse"])  # never a NaN or inf value, a missing one
     assert trials.loc["l1_ae", "epochs"] == 2 and np.isfinite(trials.loc["l1_ae", "test_mse"])
+    # counted, never chosen: the best trial is the one that did not diverge
+    assert load_study(outcome.study).best()["config.method"] == "l1_ae"
 
 
 def cmdline(pid):

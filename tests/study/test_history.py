@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cryotune.errors import BadInput
-from cryotune.results import StudyStore, load_study
-from cryotune.study_history import SEQ, compact, history_files, read_history
+from cryotune.study.history import SEQ, compact, history_files, read_history
+from cryotune.study.store import StudyStore
+from cryotune.study.tables import load_study
 
 
 def _history(trial: int, epochs: int, gan: bool, scale: float = 1.0) -> list[dict]:

@@ -10,10 +10,11 @@ import pytest
 
 from cryotune.data.simulate import simulate
 from cryotune.report import build_report, render
-from cryotune.report.validation import scatter_chart
-from cryotune.results import StudyStore, dataset_key, load_study
+from cryotune.report.validation_sections import scatter_chart
+from cryotune.study.store import StudyStore, dataset_key
+from cryotune.study.tables import load_study
 from cryotune.validate.record import record_references, record_trial_validation
-from cryotune.validate.study import load_reference, validate_images
+from cryotune.validate.reference import load_reference, validate_images
 
 SECTIONS = ("fsc", "volumes", "volumes-a", "clustering")
 
@@ -42,7 +43,7 @@ def study_path(tmp_path_factory):
                "config": {"method": method, "alpha": 0.5, "beta": 0.5, "lambda": 10, "p": 1,
                           "eps": eps, "contamination": "A", "dataset": key, "seed": 0},
                "metrics": {"test_mse": float(((images - ref.clean) ** 2).mean())}}
-        row.update(record_trial_validation(store, trial_id, result))
+        row["validation"] = record_trial_validation(store, trial_id, result)
         store.record_trial(row)
     return tmp / "val"
 
@@ -77,7 +78,8 @@ def test_sections_say_what_is_missing(tmp_path):
     for anchor in SECTIONS:
         assert 'class="missing"' in _section(html, anchor), anchor
     store.record_trial({"trial_id": "a", "status": "finished", "config": {"method": "l2_ae"},
-                        "metrics": {"test_mse": 0.1}, "validate_needs": "needs poses"})
+                        "metrics": {"test_mse": 0.1},
+                        "validation": {"validate_needs": "needs poses"}})
     assert "needs poses" in _section(render(load_study(tmp_path / "plain")), "fsc")
 
 
