@@ -2,7 +2,7 @@
 
 The study looks like a large Fig. 5 sweep (six methods, (alpha, beta) pairs, lambda, three
 contamination types x eps, seeds, two SNRs) with plausible metrics and a 100-epoch history per
-trial. Rows and histories are built by ``cryotune.results.StudyStore``'s own flattening and
+trial. Rows and histories are built by ``cryotune.study.store.StudyStore``'s own flattening and
 written by its own table writer (one history part file a trial, as a sweep writes them), but the
 trials table once at the end: ``record_trial`` rewrites the whole trials table on every call,
 so its cost at the study's size is measured separately (a few calls into a fresh study, and one
@@ -41,7 +41,8 @@ import numpy as np
 from _common import REPORTS, load_average, machine, write_section  # same folder
 
 from cryotune.report import render
-from cryotune.results import StudyStore, load_study
+from cryotune.study.store import StudyStore
+from cryotune.study.tables import load_study
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 TARGETS = {"query_s": 1.0, "report_s": 10.0}
@@ -75,7 +76,8 @@ def trial(i: int, config: dict, epochs: int, rng: np.random.Generator) -> tuple[
     final = {k: v for k, v in history[-1].items() if k not in ("epoch", "epoch_s")}
     best = int(np.argmin(mse))
     row = {"trial_id": f"t{i:05d}", "status": "finished", "config": config, "metrics": final,
-           "best": {"best_test_mse": float(mse[best]), "best_epoch": best + 1},
+           "best_epoch": best + 1, "select_metric": "val_mse_median",
+           "select_score": float(mse[best]), "test_mse_at_best": float(mse[best]),
            "epochs": epochs, "wall_s": 2.0 * epochs, "error": None, "node_id": "node-0"}
     return row, history
 
@@ -84,7 +86,7 @@ def build(root: Path, trials: int, epochs: int) -> dict:
     """Write the synthetic study; returns the write timings."""
     rng = np.random.default_rng(0)
     store = StudyStore(root, "scale")
-    store.write_spec({"name": "scale", "metric": "test_mse", "mode": "min", "epochs": epochs})
+    store.write_spec({"name": "scale", "select": {"metric": "val_mse_median", "mode": "min"}, "epochs": epochs})
     w, c = time.perf_counter(), time.process_time()
     for i, config in configs(trials):
         row, history = trial(i, config, epochs, rng)

@@ -49,8 +49,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from _common import finish, load_average, machine, machine_line, parser, record, section  # noqa: E402
 
-from cryotune.results import load_study  # noqa: E402
-from cryotune.sweep.run import run_sweep  # noqa: E402
+from cryotune.runs.sweep import run_sweep  # noqa: E402
+from cryotune.study.tables import load_study  # noqa: E402
 from cryotune.sweep.space import make_scheduler  # noqa: E402
 from cryotune.sweep.spec import Scheduler, load_spec  # noqa: E402
 
@@ -176,8 +176,7 @@ def replay(spec, curves: np.ndarray, durations: np.ndarray, good: np.ndarray,
     """
     from ray.tune.schedulers import TrialScheduler
 
-    scheduler = make_scheduler(spec)
-    scheduler.set_search_properties(spec.metric, spec.mode)
+    scheduler = make_scheduler(spec)  # judges on spec.select.metric, as in a sweep
     queue, running, spent, found, seq = list(order), [], 0, None, 0
 
     def start(now: float) -> None:
@@ -194,7 +193,7 @@ def replay(spec, curves: np.ndarray, durations: np.ndarray, good: np.ndarray,
         now, s, trial, epoch = heapq.heappop(running)
         spent += 1
         c = trial.config
-        result = {"epoch": epoch, spec.metric: float(curves[c, epoch - 1])}
+        result = {"epoch": epoch, spec.select.metric: float(curves[c, epoch - 1])}
         action = scheduler.on_trial_result(None, trial, result)
         if action == TrialScheduler.CONTINUE and epoch < curves.shape[1]:
             heapq.heappush(running, (now + durations[c, epoch], s, trial, epoch + 1))
@@ -211,7 +210,8 @@ def replays(spec, grid, good: set[tuple], at_once: int, run_order: list[tuple]) 
     """:func:`replay` over ``ORDERS`` random arrival orders (seeded) and the run's own order."""
     trials = grid.trials[grid.trials["status"] == "finished"]
     ids, keys = list(trials["trial_id"]), [key(r) for _, r in trials.iterrows()]
-    curves = grid.history.pivot(index="trial_id", columns="epoch", values="test_mse").loc[ids]
+    curves = grid.history.pivot(index="trial_id", columns="epoch",
+                                values=spec.select.metric).loc[ids]
     ends = epoch_ends(grid).pivot(index="trial_id", columns="epoch", values="end").loc[ids]
     starts = trials.set_index("trial_id").loc[ids, "started_at"].to_numpy()
     durations = np.diff(np.column_stack([starts, ends.to_numpy()]), axis=1)

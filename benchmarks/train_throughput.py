@@ -30,10 +30,11 @@ import sys  # noqa: E402
 import torch  # noqa: E402
 from _common import finish, load_average, machine, machine_line, parser, record, section, timed  # noqa: E402
 
-from cryotune.config import METHODS, TrainConfig  # noqa: E402
+from cryotune.config import TrainConfig  # noqa: E402
 from cryotune.nn.models import build_models, count_parameters  # noqa: E402
 from cryotune.nn.scoring import clip_weights, gradient_penalty, make_rule  # noqa: E402
 from cryotune.nn.train import Trainer  # noqa: E402
+from cryotune.vocab import METHOD_NAMES  # noqa: E402
 
 TARGET = 0.95
 
@@ -149,7 +150,7 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     p = parser(__doc__, smoke="tiny run (32 px, width 4), print only")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats (default 3)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), choices=METHOD_NAMES)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     batch = 8 if args.smoke else 20

@@ -18,4 +18,10 @@ for dataset in "$STUDY"/simulated/*/; do
   "$PY" -m cryotune baselines "$dataset" --study "$STUDY" --methods nlm,ksvd,cwf
 done
 "$PY" -m cryotune query "$STUDY" --by label,contamination,eps --metrics test_mse,test_psnr,test_ssim --agg mean
+# the best trial, chosen on validation, and its test scores at its selected epoch
+"$PY" -m cryotune status "$STUDY"
+# the configuration chosen on validation (never on test), its test MSE at its best epoch beside
+"$PY" -m cryotune query "$STUDY" --rank-by clean
+# ℓ1-AE against (.5,.5)-GAN + ℓ1, paired on type and seed, pooled over the contaminated cells
+"$PY" -m cryotune compare "$STUDY" --a "label == 'l1-AE'" --b "label == '(0.5,0.5)-GAN + l1'" --where "eps > 0"
 "$PY" -m cryotune report "$STUDY" -o "$OUT/demo-report.html"
