@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 
+from cryotune.data.ctf import CTFParams
 from cryotune.data.store import open_dataset
 from cryotune.errors import BadInput
 
@@ -118,7 +119,7 @@ def main(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from cryotune.data.simulate import CTFParams, simulate  # torch: only when it runs
+    from cryotune.data.simulate import simulate  # torch: only when it runs
 
     if args.as_relion:
         return _as_relion(args)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CTF", "apply_ctf", "ctf_2d", "ctf_at", "electron_wavelength"]
+__all__ = ["CTF", "CTFParams", "apply_ctf", "ctf_2d", "ctf_at", "electron_wavelength"]
 
 
 def electron_wavelength(voltage_kv):
@@ -187,3 +187,20 @@ class CTF:
                 "defocus_range_A": [float(min(self.defocus_u.min(), self.defocus_v.min())),
                                     float(max(self.defocus_u.max(), self.defocus_v.max()))],
                 "convention": "RELION CTF::getCTF"}
+
+
+@dataclass(frozen=True)
+class CTFParams:
+    """Microscope settings of a simulated weak-phase CTF (defocus drawn per image)."""
+
+    defocus_min: float = 10_000.0  # Angstrom, underfocus positive (1.0-2.5 um: a typical range)
+    defocus_max: float = 25_000.0
+    voltage_kv: float = 300.0  # a 300 kV Krios
+    cs_mm: float = 2.7  # spherical aberration of most 300 kV objectives
+    amplitude_contrast: float = 0.1  # RELION's default for cryo samples
+
+    def manifest(self) -> dict:
+        """The manifest's ``ctf`` entry."""
+        return {"voltage_kv": self.voltage_kv, "cs_mm": self.cs_mm,
+                "amplitude_contrast": self.amplitude_contrast, "defocus_min_A": self.defocus_min,
+                "defocus_max_A": self.defocus_max, "convention": "RELION", "applied_to": "clean"}

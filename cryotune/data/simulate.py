@@ -25,13 +25,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cryotune.data.ctf import apply_ctf, ctf_2d, electron_wavelength
+from cryotune.data.ctf import CTFParams, apply_ctf
 from cryotune.data.geometry import quaternion_to_matrix, random_quaternions
 from cryotune.data.molecules import (
     Atoms,
@@ -43,11 +42,7 @@ from cryotune.data.store import DatasetWriter
 from cryotune.errors import BadInput
 
 __all__ = [
-    "CTFParams",
     "Progress",
-    "apply_ctf",
-    "ctf_2d",
-    "electron_wavelength",
     "fit_pixel_size",
     "project",
     "render_volume",
@@ -156,23 +151,6 @@ def render_volume(atoms: Atoms, size: int, pixel_size: float) -> np.ndarray:
             slab = zy.reshape(len(coords), -1).T @ gx  # (c * size, size)
             volume[z0:z0 + step] = slab.reshape(-1, size, size).numpy()
     return volume
-
-
-@dataclass(frozen=True)
-class CTFParams:
-    """Microscope settings of a simulated weak-phase CTF (defocus drawn per image)."""
-
-    defocus_min: float = 10_000.0  # Angstrom, underfocus positive (1.0-2.5 um: a typical range)
-    defocus_max: float = 25_000.0
-    voltage_kv: float = 300.0  # a 300 kV Krios
-    cs_mm: float = 2.7  # spherical aberration of most 300 kV objectives
-    amplitude_contrast: float = 0.1  # RELION's default for cryo samples
-
-    def manifest(self) -> dict:
-        """The manifest's ``ctf`` entry."""
-        return {"voltage_kv": self.voltage_kv, "cs_mm": self.cs_mm,
-                "amplitude_contrast": self.amplitude_contrast, "defocus_min_A": self.defocus_min,
-                "defocus_max_A": self.defocus_max, "convention": "RELION", "applied_to": "clean"}
 
 
 def _sums(images: np.ndarray) -> np.ndarray:

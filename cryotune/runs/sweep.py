@@ -56,6 +56,7 @@ from cryotune._io import join, resolve, storage_root
 from cryotune._lock import StudyLock
 from cryotune._ray import init_ray, prepare_env
 from cryotune.config import TrainConfig
+from cryotune.data.ctf import CTFParams
 from cryotune.data.store import open_dataset
 from cryotune.errors import BadConfig, BadInput, CryotuneError
 from cryotune.study.store import TRIALS_FILE, StudyStore, dataset_key, read_spec, read_table
@@ -182,7 +183,7 @@ def prepare_datasets(spec: SweepSpec, *, create: bool = True) -> list[PreparedDa
 
 
 def _simulate(spec: SweepSpec, ds: DatasetSpec, path: Path) -> None:
-    from cryotune.data.simulate import CTFParams, simulate
+    from cryotune.data.simulate import simulate
 
     log.info("simulating %s", path)
     kwargs = dict(ds.simulate)

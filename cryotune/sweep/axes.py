@@ -24,6 +24,7 @@ from typing import Any
 
 from cryotune import vocab
 from cryotune.config import TrainConfig, check_value, from_dict
+from cryotune.data.ctf import CTFParams
 from cryotune.errors import BadConfig
 
 __all__ = [
@@ -280,8 +281,6 @@ def parse_datasets(value: Any) -> list[DatasetSpec]:
                                 f"known keys: {', '.join(sorted(known))}")
         ctf = ds.simulate.get("ctf")
         if ctf is True or isinstance(ctf, Mapping):  # true: the default microscope
-            from cryotune.data.simulate import CTFParams
-
             ds.simulate["ctf"] = dataclasses.asdict(
                 from_dict(CTFParams, {} if ctf is True else ctf, f"{where}.simulate.ctf"))
         elif ctf not in (None, False):

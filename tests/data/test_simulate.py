@@ -10,13 +10,10 @@ from scipy.spatial.transform import Rotation
 from scipy.special import erf
 
 from cryotune.data import simulate as sim
+from cryotune.data.ctf import CTFParams, apply_ctf, ctf_2d, electron_wavelength
 from cryotune.data.geometry import relion_euler_to_matrix
 from cryotune.data.molecules import Atoms, builtin_conformations
 from cryotune.data.simulate import (
-    CTFParams,
-    apply_ctf,
-    ctf_2d,
-    electron_wavelength,
     fit_pixel_size,
     project,
     render_volume,

@@ -10,9 +10,9 @@ import pytest
 import starfile
 import torch
 
+from cryotune.data.ctf import apply_ctf
 from cryotune.data.geometry import relion_euler_to_matrix
 from cryotune.data.mrc import open_stack, write_stack
-from cryotune.data.simulate import apply_ctf
 from cryotune.data.star import read_particles
 from cryotune.errors import BadInput
 from cryotune.validate.fsc import fsc, fsc_summary
