@@ -78,7 +78,7 @@ def test_common_record_and_reports(scripts, tmp_path, capsys):
     ("simulate_throughput", "simulate"), ("reconstruct_throughput", "reconstruct"),
     ("baselines_throughput", "baselines"), ("train_throughput", "train_throughput"),
     ("sweep_efficiency", "sweep_efficiency"), ("project_throughput", "project"),
-    ("selection_gap", "selection_gap")])
+    ("selection_gap", "selection_gap"), ("project_stream", "project_stream")])
 def test_sections_render_from_the_committed_records(scripts, name, record):
     """Each script's section renders from its last full run and replaces its own markers."""
     reports = BENCHMARKS.parent / "reports" / "benchmarks"
@@ -172,3 +172,11 @@ def test_project_throughput_smoke(scripts, capsys):
     streams = report["streamed"]
     assert [r["particles"] for r in streams] == [40, 160]
     assert all(r["peak_rss_mb"] > 0 for r in streams)
+
+
+def test_project_stream_smoke(scripts, capsys):
+    report = run_smoke(scripts, "project_stream", capsys)
+    r = report["result"]
+    assert (r["size"], r["particles"]) == (32, 2000) and r["finite"]
+    assert [s["particles"] for s in r["samples"]] == [512, 1024, 1536, 2000]
+    assert all(s["VmHWM"] >= r["setup"]["VmHWM"] for s in r["samples"])

@@ -302,6 +302,8 @@ class Trainer:
     @torch.inference_mode()
     def denoise(self, noisy: np.ndarray | Tensor, batch_size: int = 64) -> np.ndarray:
         """G applied to images (n, H, W) or (n, 1, H, W) in batches; returns (n, H, W) float32."""
+        if isinstance(noisy, np.ndarray) and not noisy.flags.writeable:
+            noisy = np.array(noisy, dtype=np.float32)  # a read-only view (a memory-mapped stack)
         images = torch.as_tensor(noisy, dtype=torch.float32)
         if images.dim() == 4:
             images = images[:, 0]
