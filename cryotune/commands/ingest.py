@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 
+from cryotune.data.store import open_dataset
+
 FORMATS = {"parquet": ("parquet",), "mrc": ("mrc",), "both": ("parquet", "mrc")}
 
 
@@ -95,8 +97,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from cryotune.data.ingest import ingest
-    from cryotune.data.store import open_dataset
+    from cryotune.data.ingest import ingest  # torch (the map projector): only when it runs
 
     labels = {"scan": "projecting the map" if args.map_path else "scanning references",
               "write": "writing pairs"}

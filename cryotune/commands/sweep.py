@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cryotune._ray import shutdown_ray
 from cryotune._version import __version__
 from cryotune.commands.query import print_frame
 from cryotune.config import load_yaml
@@ -130,8 +131,6 @@ def main(args: argparse.Namespace) -> int:
         raise
     finally:
         if started_ray:
-            from cryotune._ray import shutdown_ray
-
             shutdown_ray()
     return outcome.exit_code
 
