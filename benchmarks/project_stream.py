@@ -91,8 +91,9 @@ def main(argv=None) -> int:
     args = parser(__doc__).parse_args(argv)
     torch.set_num_threads(1)
     size, n, chunk, every = (32, 2000, 256, 500) if args.smoke else (256, 100_000, 256, 10_000)
+    host = machine()  # its load average is the start's
     result = stream(size, n, chunk, every)
-    report = record("project_stream", machine(), threads=1, result=result,
+    report = record("project_stream", host, threads=1, result=result,
                     load_average_end=load_average())
     return finish("project_stream", report, markdown, smoke=args.smoke)
 

@@ -46,14 +46,19 @@ def main(args: argparse.Namespace) -> int:
     trials = study.trials
     spec = next(iter(study.specs.values()), {})
     name = spec.get("name") or (trials["study"].iloc[0] if len(trials) else args.study)
-    counts = trials["status"].value_counts()
+    method = trials["config.method"] if "config.method" in trials else pd.Series(
+        None, index=trials.index, dtype=object)
+    baselines = int(method.isin(list(vocab.BASELINE_LABELS)).sum())
+    swept = trials[~method.isin(list(vocab.BASELINE_LABELS))]  # the spec plans these
+    counts = swept["status"].value_counts()
     expected = planned_trials(spec) if spec else None
     console.print(f"study {name}: {study.uris[0]}")
     if holder:
         console.print(_running(holder))
     line = ", ".join(f"{int(counts[s])} {s}" for s in STATUSES if s in counts) or "no trials yet"
-    console.print(f"trials: {line}" + (f" (of {expected})" if expected else ""))
-    ended = int((trials["status"] != "interrupted").sum())  # interrupted: rerun on resume
+    console.print(f"trials: {line}" + (f" (of {expected})" if expected else "")
+                  + (f"; {baselines} baseline rows" if baselines else ""))
+    ended = int((swept["status"] != "interrupted").sum())  # interrupted: rerun on resume
     if expected and ended < expected:
         console.print(f"{expected - ended} trials have not ended: "
                       f"cryotune sweep {study.uris[0]} --resume")
@@ -72,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
         metric = best.get("select_metric") or "val_mse_median"
         console.print(f"best on validation ({metric} {vocab.goal(metric)}): "
                       f"{best['select_score']:.4g} at epoch {int(best['best_epoch'])}, trial "
-                      f"{best['trial_id']} ({label}{data}, seed {best.get('config.seed')})")
+                      f"{best['trial_id']} ({label}{data}, seed {_whole(best.get('config.seed'))})")
         console.print(f"  its test scores at that epoch: MSE {_num(best, 'test_mse_at_best', 'e')}"
                       f", PSNR {_num(best, 'test_psnr_at_best', 'f')}, SSIM "
                       f"{_num(best, 'test_ssim_at_best', 'f')}")
@@ -93,3 +98,8 @@ def _num(row: pd.Series, name: str, kind: str) -> str:
     if pd.isna(value):
         return "-"
     return f"{value:.3e}" if kind == "e" else f"{value:.3f}"
+
+
+def _whole(value) -> str:
+    """A seed as written in the spec: 1, not the 1.0 a column with gaps (baseline rows) holds."""
+    return str(int(value)) if pd.notna(value) and float(value).is_integer() else str(value)

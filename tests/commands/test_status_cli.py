@@ -29,9 +29,12 @@ def test_status_counts_best_and_errors(run, tmp_path, capsys):
                         "config": {"method": "l2_ae", "seed": 1, "eps": 0.0}})
     store.record_trial({**common, "trial_id": "trial_00002", "status": "diverged",
                         "error": "non-finite training loss, epoch 0: lower lr_g"})
+    # a baseline row in the same study: not one of the spec's trials
+    store.record_trial({"trial_id": "baseline-nlm", "status": "finished",
+                        "config": {"method": "nlm"}, "metrics": {"test_mse": 0.01}})
     assert run(tmp_path / "s") == 0
     out = capsys.readouterr().out
-    assert "trials: 2 finished, 1 diverged (of 4)" in out
+    assert "trials: 2 finished, 1 diverged (of 4); 1 baseline rows" in out
     assert "1 trials have not ended: cryotune sweep" in out and "--resume" in out
     assert ("best on validation (val_mse_median min): 0.003 at epoch 2, trial trial_00001 "
             "(ℓ2-AE, seed 1)") in out
