@@ -8,6 +8,8 @@ processes by name on a shared machine.
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 
@@ -48,6 +50,24 @@ def alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
     fields = _stat(pid)
     return fields is not None and fields[0] != "Z"
+
+
+def end_caused(caused: set[int], session: int) -> list[int]:
+    """SIGKILL every process in ``caused`` and in ``session`` (a killed driver's session) until
+    none is left or 10 s pass; returns the pids still alive (Ray's agents outlive a killed
+    driver, so a test that kills one ends what it caused, by pid)."""
+    for _ in range(50):
+        caused.update(session_members(session))
+        left = [p for p in caused if alive(p)]
+        if not left:
+            break
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+    return [p for p in caused if alive(p)]
 
 
 def _socket_inodes(pid: int) -> set[int]:

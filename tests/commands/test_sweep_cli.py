@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from proctree import alive, descendants, session_members
+from proctree import descendants, end_caused
 
 from cryotune import cli
 from cryotune.study.tables import load_study
@@ -144,18 +144,8 @@ def test_a_killed_driver_resumes_without_duplicates(run, tmp_path, toy_store):
         driver.wait(timeout=30)
     finally:
         # Ray's agents outlive a killed driver: end every process this test caused, by pid
-        for _ in range(50):
-            caused.update(session_members(driver.pid))
-            left = [p for p in caused if alive(p)]
-            if not left:
-                break
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
-    assert not [p for p in caused if alive(p)]
+        left = end_caused(caused, driver.pid)
+    assert not left
     assert "INFO" not in log.read_text()  # Ray's own logs stay off without --verbose
     before = finished[finished["status"] == "finished"].set_index("trial_id")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from proctree import alive, descendants, session_members
+from proctree import descendants, end_caused
 
 from cryotune import cli
 from cryotune.runs.sweep import extend_study, run_sweep
@@ -218,18 +218,8 @@ def test_a_killed_extension_resumes(study, toy_store, tmp_path, run, how):
         driver.wait(timeout=30)
     finally:
         # Ray's agents outlive a killed driver: end every process this test caused, by pid
-        for _ in range(50):
-            caused.update(session_members(driver.pid))
-            left = [p for p in caused if alive(p)]
-            if not left:
-                break
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
-    assert not [p for p in caused if alive(p)]
+        left = end_caused(caused, driver.pid)
+    assert not left
     killed = load_study(study).trials
     assert len(killed) < 6, "the extension ended before it could be killed"
     before = seen.set_index("trial_id")
