@@ -69,8 +69,9 @@ def _names(text: str | None) -> list[str]:
 def select(args: argparse.Namespace):
     """The frame ``args`` asks for: a trial listing or a grouped summary."""
     study = load_study(*args.studies)
-    if args.where:
-        study = study.query(args.where)
+    condition = args.where  # cryotune.expr's grammar (Study.query), never pandas' query
+    if condition:
+        study = study.query(condition)
     if getattr(args, "rank_by", None):
         return ranked(study, args.rank_by, args.q)
     if "label" in _names(args.by) and "label" not in study.trials:  # the paper's method names

@@ -236,15 +236,15 @@ def print_outcome(outcome, spec) -> None:
     study = load_study(outcome.study)
     trials = study.trials
     # the test MSE of each trial's best validation epoch, reported (chosen on validation)
-    metric = "test_mse_at_best"
+    reported = "test_mse_at_best"
     ended = trials[trials["status"].isin(SELECTABLE)]  # diverged trials are counted, not averaged
-    if len(ended) and metric in ended:
+    if len(ended) and reported in ended:
         ended = ended.assign(method=method_labels(ended))
         by = ["method"] + [c for c in ("config.eps", "config.contamination", "config.snr")
                            if c in ended and ended[c].nunique() > 1]
-        summary = Study(trials=ended).summary(by=by, metrics=[metric])
-        if (summary[f"{metric}_count"] == 1).all():  # one trial a group: no spread
-            summary = summary.drop(columns=[f"{metric}_std", f"{metric}_count"])
+        summary = Study(trials=ended).summary(by=by, metrics=[reported])
+        if (summary[f"{reported}_count"] == 1).all():  # one trial a group: no spread
+            summary = summary.drop(columns=[f"{reported}_std", f"{reported}_count"])
         print_frame(summary.rename(columns=lambda c: c.removeprefix("config.")))
     for row in trials[trials["status"] == "error"].itertuples():
         console.print(f"[red]error[/] {row.trial_id}: {row.error}")
