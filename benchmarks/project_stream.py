@@ -45,7 +45,8 @@ def stream(size: int, n: int, chunk: int, every: int) -> dict:
     rng = np.random.default_rng(0)
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     projector = Projector(_volume(size))
-    setup = {"cpu_s": round(time.process_time() - start_cpu, 1), **_memory_mb()}
+    setup = {"cpu_s": round(time.process_time() - start_cpu, 1),
+             **{k: round(v, 1) for k, v in _memory_mb().items()}}
     samples, done, checksum = [], 0, 0.0
     while done < n:
         m = min(chunk, n - done)

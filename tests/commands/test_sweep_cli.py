@@ -3,6 +3,7 @@ killed mid-sweep and resumed."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -133,7 +134,7 @@ def test_a_killed_driver_resumes_without_duplicates(run, tmp_path, toy_store):
             caused.update(descendants(driver.pid))
             table = study / "trials.parquet"
             if table.exists():
-                finished = pd.read_parquet(table)
+                finished = pd.read_parquet(io.BytesIO(table.read_bytes()))  # read whole
                 if (finished["status"] == "finished").any():
                     break
             time.sleep(0.2)

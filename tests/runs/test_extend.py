@@ -5,6 +5,7 @@ a killed extension resumes."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import signal
@@ -206,7 +207,11 @@ def test_a_killed_extension_resumes(study, toy_store, tmp_path, run, how):
         seen = pd.DataFrame()
         while time.monotonic() < deadline and driver.poll() is None:
             caused.update(descendants(driver.pid))
-            table = pd.read_parquet(study / "trials.parquet")
+            try:  # read whole, then parse: the driver may replace it between two opens
+                table = pd.read_parquet(io.BytesIO((study / "trials.parquet").read_bytes()))
+            except (OSError, ValueError):
+                time.sleep(0.2)
+                continue
             seen = table[~table["trial_id"].isin(old.index) & (table["status"] == "finished")]
             if len(seen):
                 break

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,9 @@ def test_a_stopped_trial_leaves_no_thread_and_results_match_the_plain_loop(toy_s
             run_trial(config, **kwargs)
         finally:
             names = [t.name for t in threading.enumerate()]
-            Path(config["probes"], f"seed-{config['t']['seed']}.json").write_text(
-                json.dumps({"pid": os.getpid(), "threads": names}))
+            probe = Path(config["probes"], f"seed-{config['t']['seed']}.json")
+            Path(f"{probe}.tmp").write_text(json.dumps({"pid": os.getpid(), "threads": names}))
+            os.replace(f"{probe}.tmp", probe)  # whole, for the driver polling for it
 
     trials = [trial_config(0, epochs=4), trial_config(1, epochs=2)]
     tuner = tune.Tuner(
@@ -69,6 +71,11 @@ def test_a_stopped_trial_leaves_no_thread_and_results_match_the_plain_loop(toy_s
     results = {r.config["t"]["seed"]: r for r in tuner.fit()}
     assert all(r.error is None for r in results.values())
 
+    # a stopped trial's actor writes its probe as it unwinds, which may be after fit() returns
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(
+            (probes / f"seed-{seed}.json").exists() for seed in (0, 1)):
+        time.sleep(0.1)
     seen = {seed: json.loads((probes / f"seed-{seed}.json").read_text()) for seed in (0, 1)}
     assert seen[0]["pid"] == seen[1]["pid"]  # the second trial ran in the stopped one's actor
     for probe in seen.values():
