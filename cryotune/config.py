@@ -352,7 +352,9 @@ class TrainConfig:
     checkpoint_every: int = _field(1, range=(0, None))  # epochs between checkpoints; 0 = last only
     device: str = _field("auto", choices=("auto", "cpu", "cuda"))  # auto = CUDA when present
     bf16: bool = _field(False)  # bfloat16 autocast (CUDA)
-    channels_last: bool = _field(False)  # NHWC memory format (faster convolutions on CUDA)
+    # NHWC memory format; None = on CPU (1.27x a 32 px GAN + l1 step on one core,
+    # benchmarks/trial_speed.py), off on CUDA
+    channels_last: bool | None = _field(None)
     num_threads: int | None = _field(None, range=(1, None))  # torch CPU threads; None = torch's
     deterministic: bool = _field(False)  # torch.use_deterministic_algorithms, for exact resumes
     gallery: int = _field(8, range=(0, None))  # fixed test images kept for the report

@@ -180,3 +180,13 @@ def test_project_stream_smoke(scripts, capsys):
     assert (r["size"], r["particles"]) == (32, 2000) and r["finite"]
     assert [s["particles"] for s in r["samples"]] == [512, 1024, 1536, 2000]
     assert all(s["VmHWM"] >= r["setup"]["VmHWM"] for s in r["samples"])
+
+
+def test_trial_speed_smoke(scripts, capsys):
+    report = run_smoke(scripts, "trial_speed", capsys)
+    variants = [r["variant"] for r in report["results"]]
+    assert variants == ["eager", "channels_last", "fused_adam", "threads_2"]
+    assert report["results"][0]["speedup"] == 1.0
+    assert all(r["images_per_s"] > 0 for r in report["results"])
+    shares = report["shares"]
+    assert shares["d_step_share"] + shares["g_steps_share"] == pytest.approx(1.0, abs=0.002)

@@ -128,7 +128,9 @@ class Trainer:
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
         g, d = build_models(config, self.image_shape)
-        self._format = torch.channels_last if config.channels_last else torch.contiguous_format
+        nhwc = (config.channels_last if config.channels_last is not None
+                else self.device.type == "cpu")
+        self._format = torch.channels_last if nhwc else torch.contiguous_format
         self.generator = g.to(self.device, memory_format=self._format)
         self.discriminator = (d.to(self.device, memory_format=self._format)
                               if d is not None else None)
