@@ -7,7 +7,8 @@ mask over a DataFrame.
 
 The grammar:
 
-- column names: bare (``eps``), dotted (``config.eps``) or backquoted (```config.eps```);
+- column names: bare (``eps``, ``lambda``), dotted (``config.eps``) or backquoted
+  (```config.eps```);
   a ``resolve`` callback maps each name to a column (the default maps ``eps`` to
   ``config.eps`` when only the latter exists);
 - literals: numbers (``-1e-3``), strings, ``True``, ``False``, ``None``, ``inf``, ``nan``;
@@ -29,8 +30,10 @@ Example::
 from __future__ import annotations
 
 import ast
+import keyword
 import math
 import operator
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,8 +93,14 @@ def _bad(text: str, what: str) -> BadInput:
     return BadInput(_one_line(what), f"in the expression {_one_line(text)!r}", _FIX)
 
 
+_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_GRAMMAR_WORDS = {"and", "or", "not", "in", "is", "None", "True", "False"}
+_AS_COLUMN = re.compile(r"$|[=!<>),]|(?:is|in|not|and|or)\b")  # what follows a column name
+
+
 def _swap_backquotes(text: str) -> tuple[str, dict[str, str]]:
-    """Replace ```name``` by placeholder identifiers; refuse ``@`` outside string literals."""
+    """Replace ```name``` by placeholder identifiers, as also a name that is a Python keyword
+    outside the grammar (``lambda``, ``config.lambda``); refuse ``@`` outside string literals."""
     prefix = "_col"
     while prefix in text:
         prefix += "_"
@@ -112,6 +121,18 @@ def _swap_backquotes(text: str) -> tuple[str, dict[str, str]]:
             quoted[placeholder] = text[i + 1:j]
             out.append(placeholder)
             i = j + 1
+        elif (c.isalpha() or c == "_") and (i == 0 or not (text[i - 1].isalnum()
+                                                          or text[i - 1] in "_.")):
+            word = _NAME.match(text, i).group(0)
+            rest = text[i + len(word):].lstrip()
+            if any(keyword.iskeyword(part) and part not in _GRAMMAR_WORDS
+                   for part in word.split(".")) and _AS_COLUMN.match(rest):
+                placeholder = f"{prefix}{len(quoted)}"
+                quoted[placeholder] = word
+                out.append(placeholder)
+            else:
+                out.append(word)
+            i += len(word)
         elif c == "@":
             rest = text[i + 1:].split()
             raise _bad(text, f"'@{rest[0] if rest else ''}' is not allowed (no local variables, "

@@ -24,6 +24,7 @@ def trials() -> pd.DataFrame:
         "config.eps": [0.0, 0.1, 0.2, np.nan, 0.1],
         "test_mse": [0.5, 0.25, np.nan, 1.0, 0.125],
         "ok": [True, False, True, None, False],
+        "config.lambda": [np.nan, 10.0, np.nan, 1.0, 100.0],  # a Python keyword as a column
     })
 
 
@@ -46,6 +47,9 @@ def trials() -> pd.DataFrame:
     ("status == 'finished' and (method == 'l2_ae' or eps == 0.1)",
      lambda t: (t["status"] == "finished") & ((t["config.method"] == "l2_ae") | (t["config.eps"] == 0.1))),
     ("status == 'a@b'", lambda t: t["status"] == "a@b"),
+    ("lambda == 10", lambda t: t["config.lambda"] == 10),
+    ("config.lambda >= 1 and lambda is not None", lambda t: t["config.lambda"] >= 1),
+    ("lambda in [1, 10] or `lambda` < 0", lambda t: t["config.lambda"].isin([1, 10])),
 ])
 def test_mask_matches_hand_built(trials, text, expected):
     got = mask(trials, text)
