@@ -32,7 +32,7 @@ from cryotune.errors import BadConfig
 
 T = TypeVar("T")
 
-__all__ = ["LEGACY_REDUCTION", "REDUCTIONS", "TrainConfig", "check_value", "from_dict", "load_yaml",
+__all__ = ["LEGACY_REDUCTION", "REDUCTIONS", "RUNTIME_FIELDS", "TrainConfig", "check_value", "from_dict", "load_yaml",
            "load_yaml_text", "parse_yaml", "to_dict"]
 
 
@@ -302,6 +302,12 @@ LEGACY_REDUCTION = "mean"
 
 def _field(default: Any, **metadata: Any) -> Any:
     return dataclasses.field(default=default, metadata=metadata)
+
+
+# TrainConfig fields that say where and how fast a run goes, not what it computes: they may
+# change on resume, and two trials that differ only in them are the same cell of a study.
+RUNTIME_FIELDS = ("epochs", "checkpoint_every", "device", "bf16", "channels_last",
+                  "num_threads", "gallery")
 
 
 @dataclasses.dataclass

@@ -63,7 +63,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cryotune.config import LEGACY_REDUCTION, TrainConfig, from_dict, to_dict
+from cryotune.config import LEGACY_REDUCTION, RUNTIME_FIELDS, TrainConfig, from_dict, to_dict
 from cryotune.errors import BadConfig, BadInput, Diverged
 from cryotune.nn import metrics
 from cryotune.nn.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
@@ -87,9 +87,6 @@ SELECT_METRIC = "val_mse_median"
 SELECT_MODE = "min"
 # the test metrics reported at the best validation epoch, as <key>_at_best
 AT_BEST_KEYS = ("test_mse", "test_psnr", "test_ssim")
-# Fields that say where and how fast a run goes, not what it computes: they may change on resume.
-RUNTIME_FIELDS = ("epochs", "checkpoint_every", "device", "bf16", "channels_last",
-                  "num_threads", "gallery")
 TRAIN_KEYS = ("d_loss", "g_adv", "g_rec", "train_mse")
 TEST_KEYS = ("test_mse", "test_psnr", "test_ssim")
 

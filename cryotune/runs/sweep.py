@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import glob
 import logging
 import os
 import time
@@ -172,7 +173,7 @@ def prepare_datasets(spec: SweepSpec, *, create: bool = True) -> list[PreparedDa
             path = _simulated_root(spec) / ds.key
             if not (path / "manifest.json").exists():
                 if not create:
-                    out.append(PreparedDataset(ds, path, {}, ds.key))
+                    out.append(PreparedDataset(ds, path, {}, _recorded_key(spec, ds.key)))
                     continue
                 with _simulation_lock(path):  # another sweep may simulate the same data
                     if not (path / "manifest.json").exists():
@@ -180,6 +181,18 @@ def prepare_datasets(spec: SweepSpec, *, create: bool = True) -> list[PreparedDa
         dataset = open_dataset(path, verify=False)
         out.append(PreparedDataset(ds, path, dataset.manifest, dataset_key(dataset.manifest)))
     return out
+
+
+def _recorded_key(spec: SweepSpec, name: str) -> str:
+    """The content key the study recorded for inline dataset ``name`` (its
+    ``datasets/<name>-<checksum>/`` folder: a study copied without its simulated data, as the
+    committed ones are), else ``name``; a dry run's rows then pair with the study's."""
+    _, study = study_paths(spec)
+    if "://" not in study:
+        found = sorted(Path(study, "datasets").glob(f"{glob.escape(name)}-*/manifest.json"))
+        if len(found) == 1:
+            return found[0].parent.name
+    return name
 
 
 def _simulate(spec: SweepSpec, ds: DatasetSpec, path: Path) -> None:

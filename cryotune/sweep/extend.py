@@ -35,7 +35,7 @@ from typing import Any
 
 import pandas as pd
 
-from cryotune.config import LEGACY_REDUCTION, TrainConfig, to_dict
+from cryotune.config import LEGACY_REDUCTION, RUNTIME_FIELDS, TrainConfig, to_dict
 from cryotune.errors import BadConfig
 from cryotune.sweep.space import ignored_keys
 from cryotune.sweep.spec import SweepSpec, spec_from_mapping
@@ -80,8 +80,10 @@ def cell_key(config: Mapping[str, Any]) -> str:
     """The canonical key of a trial config: equal for the same cell whether the config comes
     from the grid or from a study row (``config.*`` columns without the prefix).
 
-    Values a method ignores are dropped, numbers compare as floats, and a TrainConfig key a
-    row lacks reads as :data:`LEGACY` or TrainConfig's default.
+    Values a method ignores are dropped, as are the fields that say how a trial runs, not
+    what it computes (:data:`cryotune.config.RUNTIME_FIELDS`: threads, memory format, device;
+    epochs, a fixed setting); numbers compare as floats, and a TrainConfig key a row lacks
+    reads as :data:`LEGACY` or TrainConfig's default.
     """
     flat: dict[str, Any] = {}
 
@@ -93,9 +95,10 @@ def cell_key(config: Mapping[str, Any]) -> str:
                 flat[f"{prefix}{key}"] = _plain(value)
 
     walk(config, "")
-    flat = {k: v for k, v in flat.items() if v is not None}
+    flat = {k: v for k, v in flat.items() if v is not None and k not in RUNTIME_FIELDS}
     for key, default in {**_DEFAULTS, **LEGACY}.items():
-        flat.setdefault(key, _plain(default))
+        if key not in RUNTIME_FIELDS:
+            flat.setdefault(key, _plain(default))
     method = flat.get("method")
     if isinstance(method, str):
         try:

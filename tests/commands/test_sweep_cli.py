@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,6 +65,22 @@ def test_dry_run_prints_the_plan_and_starts_nothing(tmp_path):
     assert "(not yet simulated)" in text
     assert "ray imported: False" in text
     assert not (tmp_path / "studies").exists()
+
+
+def test_a_committed_study_extends_from_its_tables_alone(run, capsys, tmp_path):
+    # the repository's lambda-convention study: tables, galleries and dataset records, no
+    # checkpoints and no simulated data; a seed more is one new trial a cell, nothing rerun
+    committed = SPACES.parent / "reports" / "reproduction" / "convention" / "lambda-convention"
+    study = tmp_path / "lambda-convention"
+    shutil.copytree(committed, study)
+    assert not (study / "simulated").exists()
+    assert run(SPACES / "lambda-convention.yaml", "--scale", "cpu", "--set", "epochs=6",
+               "--set", "seeds=4", "--extend", study, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "new trials: 12 (in tune-ext-1)" in out
+    listed = [ln for ln in out.splitlines() if ln.startswith("  trial_")]
+    assert len(listed) == 12 and all(ln.endswith("seed 3") for ln in listed)
+    assert not (study / "simulated").exists()  # the dry run simulated nothing
 
 
 def test_paper_scale_dry_run_names_the_missing_gpu(run, capsys, tmp_path):

@@ -102,3 +102,15 @@ def test_a_study_without_reduction_extends_under_its_own_convention():
 
 def test_trial_index():
     assert trial_index("trial_00012") == 12 and trial_index("baseline-nlm-x") is None
+
+
+def test_how_a_trial_runs_is_not_part_of_its_cell():
+    # rows of a study run before channels_last became the CPU default, with one thread each,
+    # are the cells of a grid that leaves both to the machine
+    grid = trial_configs(_spec())
+    rows = row_configs(_rows(grid))
+    rows = [{**r, "channels_last": False, "num_threads": 1, "device": "cpu"} for r in rows]
+    assert sorted(map(cell_key, rows)) == sorted(map(cell_key, grid))
+    assert new_cells(grid, map(cell_key, rows)) == []
+    changed = [{**r, "lr_g": 1e-3} for r in rows]  # what a trial computes still counts
+    assert not set(map(cell_key, changed)) & set(map(cell_key, grid))
