@@ -114,6 +114,23 @@ def test_in_plane_alignment_brings_views_together(store):
     assert spread(aligned) < 0.7 * spread(ref.clean[rows])
 
 
+def test_in_plane_alignment_puts_the_axis_on_plus_x():
+    """A lone blob on a molecule axis lands on image +x, at its projected distance, in any pose."""
+    from cryotune.validate.reference import _align_in_plane
+
+    rotations = quaternion_to_matrix(random_quaternions(100, np.random.default_rng(3)))
+    axis = np.array([1.0, 0.0, 0.0])
+    rotations = rotations[np.abs(rotations[:, 2] @ axis) < 0.7]  # the axis well off the view
+    atoms = Atoms(np.array([[20.0, 0.0, 0.0]]), weight=[1.0], sigma=[3.0])
+    aligned = _align_in_plane(project(atoms, rotations, 32, 2.0), rotations, axis)
+    y, x = np.mgrid[:32, :32] - 16  # the projection origin is pixel 16
+    mass = aligned.sum(axis=(1, 2))
+    cx, cy = (aligned * x).sum(axis=(1, 2)) / mass, (aligned * y).sum(axis=(1, 2)) / mass
+    expected = 10.0 * np.hypot(rotations[:, 0] @ axis, rotations[:, 1] @ axis)  # px
+    np.testing.assert_allclose(cx, expected, atol=0.05)
+    np.testing.assert_allclose(cy, 0.0, atol=0.05)
+
+
 def test_needs_poses(tmp_path):
     rng = np.random.default_rng(0)
     with DatasetWriter(tmp_path / "ds", name="ds", kind="ingested", image_shape=(16, 16),
