@@ -421,6 +421,15 @@ class StudyStore:
         self._write_bytes(join(folder, "manifest.json"),
                           json.dumps(dict(manifest), indent=1, default=str).encode())
 
+    def kept_manifest(self, key: str) -> dict[str, Any] | None:
+        """The manifest kept under ``datasets/<key>/`` by :meth:`write_dataset`, or None."""
+        path = join(self.path, "datasets", safe_name(key), "manifest.json")
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return json.loads(f.read().decode())
+        except (FileNotFoundError, OSError, ValueError):
+            return None
+
     # -- atomic writes --------------------------------------------------------------------
     def _write_table(self, frame: pd.DataFrame, path: str) -> None:
         sink = io.BytesIO()

@@ -86,8 +86,12 @@ def record_references(store: Any, key: str, manifest: Mapping[str, Any],
         key: the dataset's key in the study (:func:`cryotune.study.store.dataset_key`).
         manifest: the dataset's manifest; stored with a ``validation`` entry added.
         references: ``{"clean": ..., "noisy": ...}``.
+
+    A validation of some checks only (``cryotune validate --what clustering``) updates their
+    values and keeps the others' already recorded.
     """
     arrays = {f"validate_{name}_{k}": v for name, val in references.items()
               for k, v in val.arrays.items()}
-    entry = {name: columns(val) for name, val in references.items()}
+    kept = (store.kept_manifest(key) or {}).get("validation") or {}
+    entry = {name: {**(kept.get(name) or {}), **columns(val)} for name, val in references.items()}
     store.write_dataset(key, {**manifest, "validation": entry}, arrays)

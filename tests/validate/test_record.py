@@ -4,6 +4,7 @@ model (its best validation epoch's ``best.pt``), not its last epoch."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -124,6 +125,11 @@ def test_cli_validate_updates_a_finished_study(validated_study, capsys):
     for column in before.columns:  # every other column is kept
         a, b = after[column].iloc[0], before[column].iloc[0]
         assert (a == b) or (a != a and b != b), column
+    # the clean and noisy references keep the clustering the sweep recorded beside the new FSC
+    kept = [json.loads(p.read_text())["validation"]
+            for p in Path(validated_study).glob("datasets/*/manifest.json")]
+    assert kept and all({"fsc_res_0143_A", "cluster_acc"} <= set(v[name]) for v in kept
+                        for name in ("clean", "noisy"))
     assert main(["validate", validated_study, "--what", "resolution"]) == 2
     assert "unknown validation 'resolution'" in capsys.readouterr().err
 
