@@ -424,7 +424,7 @@ def _fit_experiment(tuner: Any, *, store: StudyStore, spec: SweepSpec, total: in
 
     previous = _statuses(store.uri)
     # interrupted trials run again: their rows are replaced, even when Tune saw them end
-    recorded = [k for k, v in previous.items() if v != "interrupted"]
+    recorded = {k: v for k, v in previous.items() if v != "interrupted"}
     with Session(store, metric=spec.select.metric, mode=spec.select.mode, epochs=spec.epochs,
                  total=total,
                  on_progress=on_progress, recorded=recorded) as session:

@@ -87,19 +87,24 @@ class Session:
         epochs: epochs per trial (a trial that ended earlier without diverging was stopped).
         total: trials in the study.
         on_progress: called with a :class:`Progress` at most twice a second and at each end.
-        recorded: trial ids already in the study's table (a resumed study).
+        recorded: trial ids already in the study's table (a resumed or extended study), or
+            a mapping of them to their status; those not in this session's experiment (an
+            extension's earlier trials) count in the live view as they ended.
         compact_every: merge the history's part files when this many have accumulated; they
             are merged in any case when the session closes.
     """
 
     def __init__(self, store: StudyStore, *, metric: str, mode: str, epochs: int, total: int,
                  on_progress: Callable[[Progress], None] | None = None,
-                 recorded: Iterable[str] = (), compact_every: int = COMPACT_EVERY):
+                 recorded: Iterable[str] | Mapping[str, str] = (),
+                 compact_every: int = COMPACT_EVERY):
         self.store, self.metric, self.mode, self.epochs = store, metric, mode, epochs
         self.compact_every = compact_every
         self.progress = Progress(total=total, metric=metric)
         self.on_progress = on_progress
-        self.recorded = set(recorded)
+        self._before = (dict(recorded) if isinstance(recorded, Mapping)
+                        else dict.fromkeys(recorded, "finished"))
+        self.recorded = set(self._before)
         self._results: dict[str, list[dict]] = defaultdict(list)
         self._start = time.monotonic()
         self._shown = 0.0
@@ -222,10 +227,13 @@ class Session:
                   if t.status not in ("TERMINATED", "ERROR") and study_trial_id(t) in self._ended
                   else t.status for t in trials]
         p = self.progress
+        ids = {study_trial_id(t) for t in trials}
+        earlier = [status for trial_id, status in self._before.items() if trial_id not in ids]
+        failed_earlier = sum(status == "error" for status in earlier)
         p.running = states.count("RUNNING")
-        p.pending = states.count("PENDING") + max(0, p.total - len(trials))
-        p.finished = states.count("TERMINATED")
-        p.failed = states.count("ERROR")
+        p.pending = states.count("PENDING") + max(0, p.total - len(trials) - len(earlier))
+        p.finished = states.count("TERMINATED") + len(earlier) - failed_earlier
+        p.failed = states.count("ERROR") + failed_earlier
         p.elapsed = now - self._start
         self.on_progress(p)
         p.ended = []

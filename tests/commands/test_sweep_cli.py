@@ -190,3 +190,24 @@ def test_the_live_line_names_the_selection_score(tmp_path):
     session.progress.best = (0.001908, "trial_00000", {"method": "l1_ae", "seed": 0})
     line = LiveView()._status_line(session.progress)
     assert "| best val_mse_median 0.001908 (ℓ1-AE seed 0) |" in line, line
+
+
+def test_an_extension_counts_the_trials_it_does_not_run(tmp_path):
+    # an extension's experiment runs 3 of the study's 6 trials: the 3 before it count as
+    # they ended (2 finished, 1 errored), none of them as pending
+    from types import SimpleNamespace
+
+    from cryotune.study.store import StudyStore
+    from cryotune.sweep.recorder import FIRST_TRIAL, Session
+
+    shown = []
+    session = Session(StudyStore(tmp_path, "s"), metric="val_mse_median", mode="min", epochs=2,
+                      total=6, on_progress=shown.append,
+                      recorded={"trial_00000": "finished", "trial_00001": "finished",
+                                "trial_00002": "error"})
+    trials = [SimpleNamespace(status=status, experiment_tag=f"{i}_t", config={FIRST_TRIAL: 3})
+              for i, status in enumerate(["TERMINATED", "RUNNING", "PENDING"])]
+    session.step(trials, force=True)
+    p = shown[-1]
+    assert (p.finished, p.running, p.pending, p.failed) == (3, 1, 1, 1)
+    assert p.finished + p.running + p.pending + p.failed == p.total
