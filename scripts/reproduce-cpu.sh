@@ -1,57 +1,90 @@
 #!/usr/bin/env bash
-# The paper's robustness comparison at CPU scale (reports/reproduction/REPRODUCTION.md):
-# three paper search spaces (Table 2's with REPRO_TABLE2=1) with --scale cpu (32 px, width 16),
-# the classical baselines, and one report over all of them. 1 h 49 min on 2 shared cores
-# (reports/reproduction/REPRODUCTION.md).
-# Usage: scripts/reproduce-cpu.sh [PYTHON]    (re-running resumes unfinished studies)
+# The paper's robustness comparison at CPU scale (reports/reproduction/REPRODUCTION.md), grown
+# in steps: every step extends its study with the cells it lacks (`cryotune sweep SPEC --extend
+# STUDY`), so re-running the script after a stop continues where it ended, and a step already
+# done costs one Ray start. Stop it at any point (Ctrl-C); the studies stay consistent.
+# Usage: scripts/reproduce-cpu.sh [PYTHON]
+#   CRYOTUNE_REPRO_OUT    where the studies go (default repro-out; checkpoints included)
+#   REPRO_STEPS           the steps to run, in order (default: all, as listed below); e.g.
+#                         REPRO_STEPS="commit report" copies the tables into the repository
+#                         (reports/reproduction/studies/) and rebuilds the report from them
 #
-# Trials are not repeated across studies: the report merges the studies, so Table 1's SNR 0.1
-# trials are Fig. 5's eps = 0 points, Table 2's (1,1) and (.5,.5) rows and Table 4's lambda = 10
-# and l1-AE rows.
+# Every study runs the paper's search space with --scale cpu (32 px, ResNet width 16, 1 CPU per
+# trial), 6 epochs, the paper's test size (1,500 pairs) and the l1 term summed over pixels (the
+# paper's norm). Trials are not repeated across studies: the report merges them, so Table 1's
+# SNR 0.1 trials are also Fig. 5's eps = 0 points, Table 2's (0,0), (1,1) and (.5,.5) rows and
+# Table 4's lambda = 10 and l1-AE rows.
 set -euo pipefail
 PY=${1:-.venv/bin/python}
 OUT=${CRYOTUNE_REPRO_OUT:-repro-out}
 STORE="$OUT/studies"
-COMMON=(--scale cpu --storage "$STORE" --set epochs=6 --set max_concurrent=2)
+COMMITTED=reports/reproduction/studies
+COMMON=(--scale cpu --storage "$STORE" --set epochs=6 --set max_concurrent=2
+        --set dataset.simulate.n_test=1500)
+AE='{method: l2_ae}, {method: l1_ae}'
+AB='{method: beta_gan, pairs: [[1, 1], [0.5, 0.5]], p: 1}'
 
-sweep() {  # sweep NAME [--set ...]: run search_spaces/NAME.yaml, or resume it
+grow() {  # grow NAME [--set ...]: run search_spaces/NAME.yaml, or extend the study with it
   local name=$1; shift
   if [ -f "$STORE/$name/spec.yaml" ]; then
-    "$PY" -m cryotune sweep "$STORE/$name" --resume
+    "$PY" -m cryotune sweep "search_spaces/$name.yaml" "${COMMON[@]}" "$@" --extend "$STORE/$name"
   else
     "$PY" -m cryotune sweep "search_spaces/$name.yaml" "${COMMON[@]}" "$@"
   fi
 }
 
-# Table 1: 6 methods x SNR 0.1 and 0.05 x 3 seeds, eps = 0 (36 trials)
-sweep paper-table1
-# Table 1's classical rows on the same test images (both SNRs); BM3D when its extra is installed
-# (pip install 'cryotune[bm3d]': a non-commercial licence)
-methods=nlm,ksvd,cwf
-"$PY" -c "import bm3d" 2>/dev/null && methods+=,bm3d
-for dataset in "$STORE"/paper-table1/simulated/*/; do
-  "$PY" -m cryotune baselines "$dataset" --study "$STORE/paper-table1" --methods "$methods" --validate fsc
-done
-# Fig. 5: types A, B, C at eps 0.3, one seed, 5 methods (15 trials; eps 0 from Table 1).
-# WGAN-GP + l1 is left out: with the paper's learning rates it diverges at eps 0 here (Table 1)
-# and its trials took 1.7x an (alpha, beta)-GAN trial's time (medians in Table 1: 408 s, 239 s).
-sweep paper-fig5-robustness --set 'eps=[0.3]' --set seeds=1 \
-  --set 'methods=[{method: l2_ae}, {method: l1_ae}, {method: js_gan, p: 1}, {method: beta_gan, pairs: [[1, 1], [0.5, 0.5]], p: 1}]'
-# Table 4: (.5,.5)-GAN + lambda l1 at lambda 0.1, 1, 100 and 10000, one seed (4 trials;
-# lambda 10 and the l1-AE limit from Table 1)
-sweep paper-table4-lambda --set seeds=1 --set 'lambda=[0.1, 1, 100, 10000]' \
-  --set 'methods=[{method: beta_gan, pairs: [[0.5, 0.5]], p: 1}]'
-# Table 2: Table 1 holds three (alpha, beta) pairs, (0,0) (JS), (1,1) and (.5,.5), at both SNRs
-# with 3 seeds; the six other pairs of the paper's Table 2 at SNR 0.1, one seed (6 trials),
-# run only with REPRO_TABLE2=1 (6 beta-GAN trials, 2 at once: 125-240 s each were measured here)
-if [ "${REPRO_TABLE2:-0}" = 1 ]; then
-  sweep paper-table2-alpha-beta --set seeds=1 --set dataset.simulate.snr=0.1 \
-    --set 'methods=[{method: beta_gan, pairs: [[-0.5, -0.5], [-1, -1], [1, -1], [0.5, -0.5], [0, 0], [0.1, -0.1]], p: 1}]'
-fi
+step() {
+  case $1 in
+    # Table 1 and Fig. 7: 6 methods x SNR 0.1 and 0.05 x 3 seeds, eps 0 (36 trials); FSC of the
+    # reconstructions and conformation clustering (the 30 degree view cone of 1,500 test images)
+    table1) grow paper-table1 ;;
+    # Fig. 5: types A, B, C at eps 0.3, the two autoencoders and two (alpha, beta)-GANs, 3 seeds
+    # (36 trials; eps 0 from Table 1)
+    fig5-eps0.3) grow paper-fig5-robustness --set 'eps=[0.3]' --set "methods=[$AE, $AB]" ;;
+    # Table 4: (.5,.5)-GAN + lambda l1 at the paper's seven other lambdas, 3 seeds (21 trials;
+    # lambda 10 and the l1-AE limit from Table 1)
+    table4) grow paper-table4-lambda --set 'lambda=[0.1, 1, 5, 50, 100, 500, 10000]' \
+              --set 'methods=[{method: beta_gan, pairs: [[0.5, 0.5]], p: 1}]' ;;
+    # Table 2: the paper's five further (alpha, beta) pairs at both SNRs, 3 seeds (30 trials;
+    # (0,0), (1,1) and (.5,.5) from Table 1)
+    table2) grow paper-table2-alpha-beta --set 'methods=[{method: beta_gan, pairs: [[-0.5, -0.5], [-1, -1], [1, -1], [0.5, -0.5], [0.1, -0.1]], p: 1}]' ;;
+    # Fig. 5 at eps 0.1 and 0.2 (72 trials more)
+    fig5-eps) grow paper-fig5-robustness --set 'eps=[0.1, 0.2]' --set "methods=[$AE, $AB]" ;;
+    # Fig. 5's two further GANs, JS-GAN + l1 and WGAN-GP + l1, at every eps and type (54 each)
+    fig5-js) grow paper-fig5-robustness --set 'eps=[0.1, 0.2, 0.3]' \
+               --set 'methods=[{method: js_gan, p: 1}]' ;;
+    fig5-wgan) grow paper-fig5-robustness --set 'eps=[0.1, 0.2, 0.3]' \
+                 --set 'methods=[{method: wgan_gp, p: 1}]' ;;
+    # Table 1's classical rows on the same test images (both SNRs); BM3D when its extra is
+    # installed (pip install 'cryotune[bm3d]': a non-commercial licence)
+    baselines)
+      local methods=nlm,ksvd,cwf
+      "$PY" -c "import bm3d" 2>/dev/null && methods+=,bm3d
+      for dataset in "$STORE"/paper-table1/simulated/*/; do
+        "$PY" -m cryotune baselines "$dataset" --study "$STORE/paper-table1" \
+          --methods "$methods" --validate fsc
+      done ;;
+    # the study tables, galleries and validation records (no checkpoints, no simulated data)
+    # into the repository, and the report from them alone
+    commit)
+      local name part
+      for name in paper-table1 paper-fig5-robustness paper-table4-lambda paper-table2-alpha-beta; do
+        [ -f "$STORE/$name/spec.yaml" ] || continue
+        rm -rf "$COMMITTED/$name.new" && mkdir -p "$COMMITTED/$name.new"
+        for part in spec.yaml trials.parquet history.parquet trials datasets; do
+          cp -r "$STORE/$name/$part" "$COMMITTED/$name.new/"
+        done
+        rm -rf "$COMMITTED/$name" && mv "$COMMITTED/$name.new" "$COMMITTED/$name"
+      done ;;
+    report)
+      "$PY" -m cryotune report "$COMMITTED"/* \
+        --title "cryotune: the paper's robustness comparison at CPU scale" \
+        -o reports/reproduction/robustness.html ;;
+    *) echo "unknown step: $1" >&2; return 2 ;;
+  esac
+}
 
-mkdir -p reports/reproduction
-studies=("$STORE"/paper-table1 "$STORE"/paper-fig5-robustness "$STORE"/paper-table4-lambda)
-[ -d "$STORE/paper-table2-alpha-beta" ] && studies+=("$STORE"/paper-table2-alpha-beta)
-"$PY" -m cryotune report "${studies[@]}" \
-  --title "cryotune: the paper's robustness comparison at CPU scale" \
-  -o reports/reproduction/robustness.html
+for s in ${REPRO_STEPS:-table1 fig5-eps0.3 table4 table2 fig5-eps baselines fig5-wgan fig5-js commit report}; do
+  echo "== step $s" >&2
+  step "$s"
+done
