@@ -228,7 +228,8 @@ class Session:
                   else t.status for t in trials]
         p = self.progress
         ids = {study_trial_id(t) for t in trials}
-        earlier = [status for trial_id, status in self._before.items() if trial_id not in ids]
+        earlier = [status for trial_id, status in self._before.items()
+                   if trial_id not in ids and trial_id.startswith("trial_")]  # not baselines
         failed_earlier = sum(status == "error" for status in earlier)
         p.running = states.count("RUNNING")
         p.pending = states.count("PENDING") + max(0, p.total - len(trials) - len(earlier))

@@ -204,7 +204,8 @@ def test_an_extension_counts_the_trials_it_does_not_run(tmp_path):
     session = Session(StudyStore(tmp_path, "s"), metric="val_mse_median", mode="min", epochs=2,
                       total=6, on_progress=shown.append,
                       recorded={"trial_00000": "finished", "trial_00001": "finished",
-                                "trial_00002": "error"})
+                                "trial_00002": "error",
+                                "baseline-nlm-sim16-0a1b2c3d": "finished"})  # not a trial
     trials = [SimpleNamespace(status=status, experiment_tag=f"{i}_t", config={FIRST_TRIAL: 3})
               for i, status in enumerate(["TERMINATED", "RUNNING", "PENDING"])]
     session.step(trials, force=True)
