@@ -55,6 +55,17 @@ step() {
                --set 'methods=[{method: js_gan, p: 1}]' ;;
     fig5-wgan) grow paper-fig5-robustness --set 'eps=[0.1, 0.2, 0.3]' \
                  --set 'methods=[{method: wgan_gp, p: 1}]' ;;
+    # Fig. 7 at 3,000 test images (106 in the 30-degree view cone, where clean images of the
+    # two end conformations separate): l2-AE, l1-AE and (.5,.5)-GAN + l1 at SNR 0.1 (9 trials),
+    # a study of its own, since its test split is not the other studies'
+    fig7)
+      if [ -f "$OUT/fig7/fig7-clustering/spec.yaml" ]; then
+        "$PY" -m cryotune sweep "$OUT/fig7/fig7-clustering" --resume
+      else
+        "$PY" -m cryotune sweep search_spaces/paper-table1.yaml "${COMMON[@]}" \
+          --storage "$OUT/fig7" --set name=fig7-clustering --set dataset.simulate.n_test=3000 \
+          --set dataset.simulate.snr=0.1 --set "methods=[$AE, {method: beta_gan, pairs: [[0.5, 0.5]], p: 1}]"
+      fi ;;
     # Table 1's classical rows on the same test images (both SNRs); BM3D when its extra is
     # installed (pip install 'cryotune[bm3d]': a non-commercial licence)
     baselines)
@@ -75,7 +86,13 @@ step() {
           cp -r "$STORE/$name/$part" "$COMMITTED/$name.new/"
         done
         rm -rf "$COMMITTED/$name" && mv "$COMMITTED/$name.new" "$COMMITTED/$name"
-      done ;;
+      done
+      if [ -f "$OUT/fig7/fig7-clustering/spec.yaml" ]; then
+        rm -rf reports/reproduction/fig7/fig7-clustering && mkdir -p reports/reproduction/fig7/fig7-clustering
+        for part in spec.yaml trials.parquet history.parquet trials datasets; do
+          cp -r "$OUT/fig7/fig7-clustering/$part" reports/reproduction/fig7/fig7-clustering/
+        done
+      fi ;;
     report)
       "$PY" -m cryotune report "$COMMITTED"/* \
         --title "cryotune: the paper's robustness comparison at CPU scale" \
@@ -84,7 +101,7 @@ step() {
   esac
 }
 
-for s in ${REPRO_STEPS:-table1 fig5-eps0.3 table4 table2 fig5-eps baselines fig5-wgan fig5-js commit report}; do
+for s in ${REPRO_STEPS:-table1 fig5-eps0.3 table4 table2 fig5-eps baselines fig5-wgan fig5-js fig7 commit report}; do
   echo "== step $s" >&2
   step "$s"
 done

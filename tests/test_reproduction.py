@@ -5,6 +5,7 @@ all selected on validation under the paper's sum convention, and carry no checkp
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -94,3 +95,17 @@ def test_the_report_rebuilds_from_the_repository(trials, tmp_path):
         return re.sub(r"built \d{4}-\d\d-\d\d \d\d:\d\d UTC", "built", html)
 
     assert strip(rebuilt) == strip(committed)
+
+
+def test_fig7_study_separates_clean_images_at_3000_test_images():
+    study = REPRO / "fig7" / "fig7-clustering"
+    trials = load_study(study).trials
+    assert len(trials) == 9 and set(trials["status"]) == {"finished"}
+    assert set(trials["cluster_n"]) == {106}
+    manifests = list(study.glob("datasets/*/manifest.json"))
+    assert len(manifests) == 1
+    record = json.loads(manifests[0].read_text())
+    assert record["splits"]["test"]["count"] == 3000
+    references = record["validation"]
+    assert references["clean"]["cluster_acc"] >= 0.9 > references["noisy"]["cluster_acc"]
+    assert trials["cluster_acc"].max() < 0.9  # no denoiser recovers the separation here
