@@ -33,6 +33,16 @@ grow() {  # grow NAME [--set ...]: run search_spaces/NAME.yaml, or extend the st
   fi
 }
 
+keep() {  # keep SRC DEST: a study's tables, galleries and records, whole or not at all
+  local src=$1 dest=$2 part
+  [ -f "$src/spec.yaml" ] || return 0
+  rm -rf "$dest.new" && mkdir -p "$dest.new"
+  for part in spec.yaml trials.parquet history.parquet trials datasets; do
+    cp -r "$src/$part" "$dest.new/"
+  done
+  rm -rf "$dest" && mv "$dest.new" "$dest"
+}
+
 step() {
   case $1 in
     # Table 1 and Fig. 7: 6 methods x SNR 0.1 and 0.05 x 3 seeds, eps 0 (36 trials); FSC of the
@@ -78,21 +88,11 @@ step() {
     # the study tables, galleries and validation records (no checkpoints, no simulated data)
     # into the repository, and the report from them alone
     commit)
-      local name part
+      local name
       for name in paper-table1 paper-fig5-robustness paper-table4-lambda paper-table2-alpha-beta; do
-        [ -f "$STORE/$name/spec.yaml" ] || continue
-        rm -rf "$COMMITTED/$name.new" && mkdir -p "$COMMITTED/$name.new"
-        for part in spec.yaml trials.parquet history.parquet trials datasets; do
-          cp -r "$STORE/$name/$part" "$COMMITTED/$name.new/"
-        done
-        rm -rf "$COMMITTED/$name" && mv "$COMMITTED/$name.new" "$COMMITTED/$name"
+        keep "$STORE/$name" "$COMMITTED/$name"
       done
-      if [ -f "$OUT/fig7/fig7-clustering/spec.yaml" ]; then
-        rm -rf reports/reproduction/fig7/fig7-clustering && mkdir -p reports/reproduction/fig7/fig7-clustering
-        for part in spec.yaml trials.parquet history.parquet trials datasets; do
-          cp -r "$OUT/fig7/fig7-clustering/$part" reports/reproduction/fig7/fig7-clustering/
-        done
-      fi ;;
+      keep "$OUT/fig7/fig7-clustering" reports/reproduction/fig7/fig7-clustering ;;
     report)
       "$PY" -m cryotune report "$COMMITTED"/* \
         --title "cryotune: the paper's robustness comparison at CPU scale" \

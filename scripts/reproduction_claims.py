@@ -163,23 +163,31 @@ class Claims:
                     pairs += self.pair_rows(gan, ae, c, "pooled")
         return md(rows) + "\n\nPaired, eps 0 (b / a < 1: b is better):\n\n" + md(pairs)
 
+    def ratios(self, label: str, ctype: str) -> pd.Series:
+        """A method's finished MSE at each eps > 0 of ``ctype`` over its own clean MSE of the
+        same dataset and seed, indexed by (dataset, seed, eps)."""
+        mine = self.pick(LEARNED[label]) & self.ok
+        base = self.t[mine & (self.t["eps"] == 0)].set_index(["dataset", "seed"])["value"]
+        dirty = self.t[mine & (self.t["contamination"] == ctype) & (self.t["eps"] > 0)]
+        dirty = dirty.set_index(["dataset", "seed", "eps"])["value"]
+        keys = dirty.index.droplevel("eps")
+        held = keys.isin(base.index)
+        return dirty[held] / base.loc[keys[held]].to_numpy()
+
     def degradation(self, types=("A", "B", "C")) -> str:
         """Each method's MSE at eps over its own eps-0 MSE, paired by seed."""
         rows = []
-        base_sel = self.ok & (self.t["eps"] == 0)
+        levels = sorted(self.t.loc[self.t["eps"] > 0, "eps"].unique())
         for label, expr in LEARNED.items():
-            mine = self.pick(expr)
-            base = self.t[mine & base_sel].set_index(["dataset", "seed"])["value"]
             for ctype in types:
+                r = self.ratios(label, ctype)
                 row = {"method": label, "type": ctype}
-                for eps in sorted(self.t.loc[self.t["eps"] > 0, "eps"].unique()):
-                    dirty_all = self.t[mine & (self.t["contamination"] == ctype)
-                                       & (self.t["eps"] == eps)]
-                    dirty = dirty_all[self.ok[dirty_all.index]].set_index(["dataset", "seed"])["value"]
-                    both = base.index.intersection(dirty.index)
-                    failed = len(dirty_all) - len(dirty)
-                    s = paired_stats(base[both].to_numpy(), dirty[both].to_numpy())
-                    text = ratio_text(s) + f" n={s.n}" if len(both) else "–"
+                for eps in levels:
+                    at = r[r.index.get_level_values("eps") == eps].to_numpy()
+                    run = self.pick(expr) & (self.t["contamination"] == ctype) & (self.t["eps"] == eps)
+                    failed = int((run & ~self.ok).sum())
+                    s = paired_stats(np.ones(len(at)), at)  # the CI of log(ratio), as paired
+                    text = ratio_text(s) + f" n={s.n}" if len(at) else "–"
                     row[f"eps {eps:g}"] = text + (f", {failed} failed" if failed else "")
                 rows.append(row)
         return md([r for r in rows if any(v != "–" for k, v in r.items() if k.startswith("eps"))])
@@ -197,24 +205,9 @@ class Claims:
         """Ratio of two methods' degradation ratios under ``ctype``, paired by (eps, seed)
         over every eps > 0; each seed's clean trial is the base of its three eps values."""
         rows = []
-
-        def ratios(label):
-            mine = self.pick(LEARNED[label]) & self.ok
-            base = self.t[mine & (self.t["eps"] == 0)].set_index(["dataset", "seed"])["value"]
-            dirty = self.t[mine & (self.t["contamination"] == ctype) & (self.t["eps"] > 0)]
-            keys = list(zip(dirty["dataset"], dirty["seed"], strict=True))
-            held = [k in base.index for k in keys]
-            if not any(held):
-                return pd.Series(dtype=float)
-            values = dirty["value"].to_numpy()[held] / base.loc[
-                [k for k, h in zip(keys, held, strict=True) if h]].to_numpy()
-            index = pd.MultiIndex.from_tuples(
-                [(*k, e) for k, e, h in zip(keys, dirty["eps"], held, strict=True) if h])
-            return pd.Series(values, index=index, dtype=float)
-
-        w = ratios(worse)
+        w = self.ratios(worse, ctype)
         for other in others:
-            o = ratios(other)
+            o = self.ratios(other, ctype)
             both = w.index.intersection(o.index)
             s = paired_stats(o[both].to_numpy(), w[both].to_numpy())
             rows.append({"b vs a": f"{worse} vs {other}", "where": f"type {ctype}, eps 0.1-0.3",

@@ -186,7 +186,5 @@ def test_trial_speed_smoke(scripts, capsys):
     report = run_smoke(scripts, "trial_speed", capsys)
     variants = [r["variant"] for r in report["results"]]
     assert variants == ["eager", "channels_last", "fused_adam", "threads_2"]
-    assert report["results"][0]["speedup"] == 1.0
-    assert all(r["images_per_s"] > 0 for r in report["results"])
-    shares = report["shares"]
-    assert shares["d_step_share"] + shares["g_steps_share"] == pytest.approx(1.0, abs=0.002)
+    assert all(r["images_per_s"] > 0 and r["first_epoch_s"] > 0 for r in report["results"])
+    assert 0 < report["shares"]["d_step_share"] < 1 and report["evaluate_images"] == 40
